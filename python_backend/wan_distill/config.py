@@ -1,0 +1,302 @@
+"""Typed configuration, parsed and validated once.
+
+Two files describe a deployment:
+
+* the model's ``config.json`` (Wan2.1 layout) -> :class:`DiTConfig` (architecture);
+* a LightX2V-style run config (``configs/distill/*.json``) -> :class:`RunConfig` (sampling, geometry, LoRAs).
+
+LightX2V's own config files load unchanged: keys we do not use are accepted and logged once,
+contradictions raise :class:`ConfigError` with a message that names the key and the rule.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config file is malformed or contradicts itself."""
+
+
+_logged_ignored: set[tuple[str, str]] = set()
+
+
+def _log_ignored_once(source: str, keys: list[str]) -> None:
+    new = [k for k in keys if (source, k) not in _logged_ignored]
+    if new:
+        _logged_ignored.update((source, k) for k in new)
+        log.info("%s: ignoring keys this server does not use: %s", source, ", ".join(sorted(new)))
+
+
+def _read_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# DiT architecture (Wan2.1 config.json)
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiTConfig:
+    """Wan2.1 DiT hyper-parameters, as in the model directory's ``config.json``.
+
+    ``text_dim`` / ``image_dim`` are class defaults in Wan (4096 = UMT5-XXL, 1280 = CLIP ViT-H);
+    they are only written to config.json by our tiny test models.
+    """
+
+    model_type: Literal["t2v", "i2v"] = "t2v"
+    dim: int = 1536
+    ffn_dim: int = 8960
+    freq_dim: int = 256
+    num_heads: int = 12
+    num_layers: int = 30
+    in_dim: int = 16
+    out_dim: int = 16
+    text_len: int = 512
+    eps: float = 1e-6
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_dim: int = 4096
+    image_dim: int = 1280
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ("t2v", "i2v"):
+            raise ConfigError(f"config.json: model_type must be 't2v' or 'i2v', got {self.model_type!r}")
+        if self.dim % self.num_heads:
+            raise ConfigError(f"config.json: dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(f"config.json: head_dim ({self.head_dim}) must be even for RoPE")
+        if self.model_type == "i2v" and self.in_dim != 36:
+            raise ConfigError(f"config.json: an i2v model needs in_dim 36 (16 noise + 4 mask + 16 image), got {self.in_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def is_i2v(self) -> bool:
+        return self.model_type == "i2v"
+
+    # Presets of the released models (wan/configs/*.py).
+    @classmethod
+    def t2v_1_3b(cls) -> DiTConfig:
+        return cls("t2v", 1536, 8960, 256, 12, 30, 16, 16)
+
+    @classmethod
+    def t2v_14b(cls) -> DiTConfig:
+        return cls("t2v", 5120, 13824, 256, 40, 40, 16, 16)
+
+    @classmethod
+    def i2v_14b(cls) -> DiTConfig:
+        return cls("i2v", 5120, 13824, 256, 40, 40, 36, 16)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> DiTConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        known_meta = {"_class_name", "_diffusers_version", "_name_or_path", "window_size"}
+        _log_ignored_once(source, [k for k in data if k not in names and k not in known_meta])
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "patch_size" in kwargs:
+            kwargs["patch_size"] = tuple(kwargs["patch_size"])
+        if "model_type" not in kwargs:
+            kwargs["model_type"] = "i2v" if kwargs.get("in_dim") == 36 else "t2v"
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> DiTConfig:
+        return cls.from_dict(_read_json(path), source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        return {"_class_name": "WanModel", "_diffusers_version": "0.30.0", **d}
+
+
+# ----------------------------------------------------------------------------------------------
+# Run config (LightX2V JSON)
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA to merge at load: ``W += strength * scale * up @ down``."""
+
+    path: Path
+    strength: float = 1.0
+
+
+# LightX2V keys that change nothing for this server (attention kernels, offload, parallelism...).
+_IGNORED_LIGHTX2V_KEYS = {
+    "self_attn_1_type", "cross_attn_1_type", "cross_attn_2_type", "attention_type", "cpu_offload",
+    "offload_granularity", "offload_ratio", "t5_cpu_offload", "t5_offload_granularity", "lazy_load",
+    "unload_modules", "use_tiling_vae", "use_tiny_vae", "use_tae", "tiny_vae_path", "tae_pth", "parallel",
+    "parallel_attn_type", "parallel_vae", "seq_parallel", "mm_config", "rotary_chunk", "rotary_chunk_size",
+    "clean_cuda_cache", "torch_compile", "feature_caching", "teacache_thresh", "use_ret_steps", "coefficients",
+    "t5_quantized", "t5_quant_scheme", "clip_quantized", "clip_quant_scheme", "use_prompt_enhancer",
+    "vae_stride", "patch_size", "num_channels_latents", "fps", "target_fps", "sample_fps", "use_bfloat16",
+    "model_cls", "task", "do_mm_calib", "enable_profiling_debug", "audio_sr", "changing_resolution",
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Sampling / geometry settings of one deployment (LightX2V config JSON, plus our few keys).
+
+    ``denoising_step_list`` set -> step-distilled sampling (no CFG); unset -> baseline flow-matching sampling
+    with ``infer_steps`` steps and CFG when ``enable_cfg``.
+    """
+
+    infer_steps: int = 4
+    denoising_step_list: tuple[float, ...] | None = (1000, 750, 500, 250)
+    sample_shift: float = 5.0
+    enable_cfg: bool = False
+    sample_guide_scale: float = 5.0
+    target_video_length: int = 81
+    target_height: int = 480
+    target_width: int = 832
+    seed: int = 42
+    text_len: int | None = None
+    lora_configs: tuple[LoraSpec, ...] = ()
+    dit_original_ckpt: Path | None = None
+    # ours
+    distill_update: Literal["renoise", "euler"] = "renoise"
+    sample_solver: Literal["unipc", "euler"] = "unipc"
+    negative_prompt: str = ""
+    fps: int = 16
+    max_height: int = 1280
+    max_width: int = 1280
+    max_frames: int = 161
+    max_image_pixels: int = 4096 * 4096
+    source: str = field(default="<defaults>", compare=False)
+
+    def __post_init__(self) -> None:
+        src = self.source
+        if self.denoising_step_list is not None:
+            steps = list(self.denoising_step_list)
+            if not steps:
+                raise ConfigError(f"{src}: denoising_step_list must not be empty")
+            if any(not (0 < s <= 1000) for s in steps):
+                raise ConfigError(f"{src}: denoising_step_list values must lie in (0, 1000], got {steps}")
+            if any(a <= b for a, b in zip(steps, steps[1:])):
+                raise ConfigError(f"{src}: denoising_step_list must be strictly decreasing, got {steps}")
+            if self.infer_steps != len(steps):
+                raise ConfigError(
+                    f"{src}: infer_steps ({self.infer_steps}) must equal the length of denoising_step_list "
+                    f"({len(steps)}: {steps})")
+            if self.enable_cfg:
+                raise ConfigError(
+                    f"{src}: a step-distilled config (denoising_step_list set) must have enable_cfg false: "
+                    "CFG is distilled into the weights and enabling it blurs the video")
+        elif self.infer_steps < 1:
+            raise ConfigError(f"{src}: infer_steps must be >= 1, got {self.infer_steps}")
+        if self.sample_shift <= 0:
+            raise ConfigError(f"{src}: sample_shift must be > 0, got {self.sample_shift}")
+        if self.distill_update not in ("renoise", "euler"):
+            raise ConfigError(f"{src}: distill_update must be 'renoise' or 'euler', got {self.distill_update!r}")
+        if self.sample_solver not in ("unipc", "euler"):
+            raise ConfigError(f"{src}: sample_solver must be 'unipc' or 'euler', got {self.sample_solver!r}")
+        if (self.target_video_length - 1) % 4:
+            raise ConfigError(f"{src}: target_video_length must be 4k+1, got {self.target_video_length}")
+        for key in ("target_height", "target_width"):
+            if getattr(self, key) % 16:
+                raise ConfigError(f"{src}: {key} must be a multiple of 16, got {getattr(self, key)}")
+        if not 1 <= self.fps <= 120:
+            raise ConfigError(f"{src}: fps must be in [1, 120], got {self.fps}")
+
+    @property
+    def is_distill(self) -> bool:
+        return self.denoising_step_list is not None
+
+    @property
+    def num_dit_calls(self) -> int:
+        """DiT evaluations per video: one per step, two with CFG."""
+        return self.infer_steps * (2 if self.enable_cfg else 1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> RunConfig:
+        data = dict(data)
+        names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+        if data.get("dit_quantized"):
+            raise ConfigError(f"{source}: dit_quantized checkpoints (fp8/int8) are not supported; "
+                              "use the bf16 distilled checkpoint or base model + distill LoRA")
+        if data.get("enable_dynamic_cfg"):
+            raise ConfigError(f"{source}: enable_dynamic_cfg (guidance-conditioned distill) is not supported")
+        if data.get("feature_caching", "NoCaching") != "NoCaching":
+            raise ConfigError(f"{source}: feature_caching {data['feature_caching']!r} is incompatible with "
+                              "step-distilled sampling; remove it or set 'NoCaching'")
+        if "fps" not in data:
+            for alias in ("target_fps", "sample_fps"):
+                if alias in data:
+                    data["fps"] = data[alias]
+        loras: list[LoraSpec] = []
+        for entry in data.pop("lora_configs", None) or []:
+            if not isinstance(entry, dict) or "path" not in entry:
+                raise ConfigError(f"{source}: each lora_configs entry needs a 'path', got {entry!r}")
+            loras.append(LoraSpec(_resolve(entry["path"], base_dir), float(entry.get("strength", 1.0))))
+        lora_path = data.pop("lora_path", None) or []
+        if isinstance(lora_path, str):
+            lora_path = [lora_path]
+        loras += [LoraSpec(_resolve(p, base_dir), float(data.get("lora_strength", 1.0))) for p in lora_path]
+        data.pop("lora_strength", None)
+        unknown = [k for k in data if k not in names]
+        _log_ignored_once(source, unknown)
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "denoising_step_list" not in kwargs:
+            kwargs["denoising_step_list"] = None
+        elif kwargs["denoising_step_list"] is not None:
+            kwargs["denoising_step_list"] = tuple(kwargs["denoising_step_list"])
+        if kwargs.get("dit_original_ckpt"):
+            kwargs["dit_original_ckpt"] = _resolve(kwargs["dit_original_ckpt"], base_dir)
+        else:
+            kwargs.pop("dit_original_ckpt", None)
+        _check_types(kwargs, source)
+        return cls(**kwargs, lora_configs=tuple(loras), source=source)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        return cls.from_dict(_read_json(path), source=str(path), base_dir=path.parent)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_INT_KEYS = {"infer_steps", "target_video_length", "target_height", "target_width", "seed", "fps",
+             "max_height", "max_width", "max_frames", "max_image_pixels"}
+_FLOAT_KEYS = {"sample_shift", "sample_guide_scale"}
+
+
+def _check_types(kwargs: dict[str, Any], source: str) -> None:
+    for k, v in kwargs.items():
+        if k in _INT_KEYS and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ConfigError(f"{source}: {k} must be an integer, got {v!r}")
+        if k in _FLOAT_KEYS and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ConfigError(f"{source}: {k} must be a number, got {v!r}")
+        if k == "enable_cfg" and not isinstance(v, bool):
+            raise ConfigError(f"{source}: enable_cfg must be true or false, got {v!r}")
+
+
+def _resolve(p: str | Path, base_dir: Path | None) -> Path:
+    """Absolute paths as given; relative ones against the config file's folder (kept as given if absent)."""
+    p = Path(p)
+    if p.is_absolute() or base_dir is None:
+        return p
+    candidate = base_dir / p
+    return candidate if candidate.exists() else p

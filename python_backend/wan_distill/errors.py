@@ -1,0 +1,38 @@
+"""Error types shared by loaders, pipeline and the Triton adapters."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class CheckpointError(ValueError):
+    """A weights file is missing, of the wrong format, or does not match the model's keys."""
+
+
+def _preview(keys: Iterable[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def key_mismatch_error(what: str, files: Iterable[Path | str], missing: Iterable[str],
+                       unexpected: Iterable[str], hint: str = "") -> CheckpointError:
+    """Build the one error message all strict loaders use: which files, which keys are missing/unexpected."""
+    missing, unexpected = list(missing), list(unexpected)
+    parts = [f"{what}: the weights in {', '.join(str(f) for f in files)} do not match the model"]
+    if missing:
+        parts.append(f"missing {len(missing)} key(s): {_preview(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s): {_preview(unexpected)}")
+    if hint:
+        parts.append(hint)
+    return CheckpointError("; ".join(parts))
+
+
+class InvalidRequest(ValueError):
+    """A request field breaks a rule. ``field`` names the input, ``rule`` says what is allowed."""
+
+    def __init__(self, field: str, rule: str):
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
