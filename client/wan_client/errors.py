@@ -1,0 +1,53 @@
+"""Typed client errors. Each carries the server's message, the gRPC status name and the number of attempts."""
+from __future__ import annotations
+
+
+class WanClientError(Exception):
+    """Base class. ``message``: the server's (or client's) text; ``code``: gRPC status name, e.g. "INVALID_ARGUMENT"."""
+
+    def __init__(self, message: str, code: str | None = None, model: str | None = None, attempts: int = 1):
+        super().__init__(message)
+        self.message, self.code, self.model, self.attempts = message, code, model, attempts
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}" if self.code else self.message
+
+
+class InvalidRequestError(WanClientError, ValueError):
+    """INVALID_ARGUMENT: the request was rejected (the message names the input); also raised for client-side checks."""
+
+
+class ServerUnavailableError(WanClientError):
+    """UNAVAILABLE: server unreachable / not ready / model refused the request, after all retries."""
+
+
+class RequestTimeoutError(WanClientError, TimeoutError):
+    """DEADLINE_EXCEEDED: the call did not finish within its client timeout."""
+
+
+class RequestCancelledError(WanClientError):
+    """CANCELLED: the request was cancelled (by the server, or the client went away)."""
+
+
+class ServerError(WanClientError):
+    """Any other failure status (INTERNAL, NOT_FOUND, UNKNOWN, ...)."""
+
+
+_BY_CODE = {
+    "INVALID_ARGUMENT": InvalidRequestError,
+    "UNAVAILABLE": ServerUnavailableError,
+    "DEADLINE_EXCEEDED": RequestTimeoutError,
+    "CANCELLED": RequestCancelledError,
+}
+
+
+def status_name(status: str | None) -> str | None:
+    """ "StatusCode.INVALID_ARGUMENT" -> "INVALID_ARGUMENT"."""
+    return status.rsplit(".", 1)[-1] if status else None
+
+
+def from_triton(exc: Exception, model: str | None = None, attempts: int = 1) -> WanClientError:
+    """tritonclient's InferenceServerException -> the matching :class:`WanClientError` subclass."""
+    code = status_name(exc.status()) if hasattr(exc, "status") else None
+    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return _BY_CODE.get(code, ServerError)(message or str(exc), code=code, model=model, attempts=attempts)

@@ -1,0 +1,1 @@
+../../wan_t2v_dit/1/model.py

@@ -1,0 +1,31 @@
+"""wan_image_encoder (I2V): IMAGE bytes (+ HEIGHT/WIDTH as max area, NUM_FRAMES) -> CLIP tokens + y (mask | VAE latent)."""
+import sys
+from pathlib import Path
+
+sys.dont_write_bytecode = True  # no __pycache__/ in model_repository/: Triton would take it for a model
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # model_repository/ (triton_io)
+
+import triton_io  # noqa: E402
+
+from wan_distill.deployment import Deployment  # noqa: E402
+from wan_distill.pipeline import ImageConditioner, load_image_encoder, load_vae_from_dir  # noqa: E402
+from wan_distill.requests import check_geometry  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.deployment = dep = Deployment.from_triton_args(args)
+        self.conditioner = ImageConditioner(load_image_encoder(dep.model_dir, dep.device),
+                                            load_vae_from_dir(dep.model_dir, dep.device),
+                                            dep.device, dep.run.max_image_pixels)
+
+    def execute(self, requests):
+        return triton_io.respond(requests, self._condition, self.deployment.name)
+
+    def _condition(self, request):
+        geo = check_geometry(self.deployment.run, triton_io.scalar(request, "HEIGHT"),
+                             triton_io.scalar(request, "WIDTH"), triton_io.scalar(request, "NUM_FRAMES"))
+        image = self.conditioner.decode(triton_io.scalar(request, "IMAGE"))
+        cond = self.conditioner(image, geo.height * geo.width, geo.num_frames)
+        return [triton_io.tensor("CLIP_FEATURE", cond.clip_fea.numpy()),
+                triton_io.tensor("IMAGE_LATENT", cond.y.numpy())]

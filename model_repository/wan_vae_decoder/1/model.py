@@ -1,0 +1,29 @@
+"""wan_vae_decoder: LATENTS [16, t, h, w] -> FRAMES uint8 [1+4(t-1), 8h, 8w, 3], decoded one latent frame at a time."""
+import sys
+from pathlib import Path
+
+sys.dont_write_bytecode = True  # no __pycache__/ in model_repository/: Triton would take it for a model
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # model_repository/ (triton_io)
+
+import torch  # noqa: E402
+import triton_io  # noqa: E402
+
+from wan_distill.deployment import Deployment  # noqa: E402
+from wan_distill.errors import InvalidRequest  # noqa: E402
+from wan_distill.pipeline import load_vae_from_dir  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.deployment = dep = Deployment.from_triton_args(args)
+        self.vae = load_vae_from_dir(dep.model_dir, dep.device)
+
+    def execute(self, requests):
+        return triton_io.respond(requests, self._decode, self.deployment.name)
+
+    def _decode(self, request):
+        latents = torch.from_numpy(triton_io.array(request, "LATENTS"))
+        if latents.shape[0] != 16 or min(latents.shape) < 1:
+            raise InvalidRequest("LATENTS", f"must be [16, t, h, w], got {list(latents.shape)}")
+        frames = self.vae.decode_to_uint8(latents.to(self.deployment.device))
+        return [triton_io.tensor("FRAMES", frames.cpu().numpy())]

@@ -1,0 +1,84 @@
+"""What one served model loads: model directory, run config and device, from Triton's ``initialize`` args.
+
+Pure Python (no Triton import): ``args`` is the plain dict the python backend passes to ``initialize``.
+Settings come from ``config.pbtxt`` parameters and may be overridden by environment variables:
+
+  parameters { key: "model_path"      value: { string_value: "" } }                    # Wan2.1 model root
+  parameters { key: "model_path_env"  value: { string_value: "WAN_T2V_MODEL_PATH" } }  # env names, first set wins
+  parameters { key: "config_json"     value: { string_value: "configs/distill/wan_t2v_distill_4step_cfg.json" } }
+  parameters { key: "config_json_env" value: { string_value: "WAN_T2V_CONFIG" } }
+  parameters { key: "num_threads"     value: { string_value: "0" } }                   # torch intra-op threads, 0 = default
+
+Device: a KIND_GPU instance runs on its own GPU (``model_instance_device_id``); a KIND_CPU instance runs on the CPU
+unless ``$WAN_DEVICE`` says ``cuda`` / ``cuda:N`` (the Docker image sets it, so one repository serves both).
+
+Relative paths are resolved against the project root (the folder holding ``model_repository/``). Clients never choose paths.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, RunConfig
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    model_dir: Path
+    run: RunConfig
+    device: torch.device
+
+    @classmethod
+    def from_triton_args(cls, args: dict[str, str]) -> Deployment:
+        name = args.get("model_name", "model")
+        params = {k: v.get("string_value", "") for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+        root = Path(args["model_repository"]).resolve().parent.parent  # <root>/model_repository/<model>
+        where = f"model_repository/{name}/config.pbtxt"
+
+        model_path, model_src = _setting(params, "model_path", where)
+        if not model_path:
+            raise ConfigError(f"{name}: no model directory configured: set {model_src} to a Wan2.1 model root "
+                              "(the folder with config.json and the weights)")
+        model_dir = _absolute(model_path, root)
+        if not (model_dir / "config.json").is_file():
+            raise ConfigError(f"{name}: {model_dir} (from {model_src}) is not a Wan2.1 model directory: "
+                              "config.json is missing")
+
+        config_path, config_src = _setting(params, "config_json", where)
+        if not config_path:
+            raise ConfigError(f"{name}: no run config: set {config_src} to a LightX2V config JSON")
+        config_file = _absolute(config_path, root)
+        if not config_file.is_file():
+            raise ConfigError(f"{name}: run config {config_file} (from {config_src}) does not exist")
+        run = RunConfig.from_json(config_file)
+
+        threads = int(params.get("num_threads") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        if args.get("model_instance_kind") == "GPU":
+            device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+        else:
+            device = torch.device(os.environ.get("WAN_DEVICE") or "cpu")
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"{name}: WAN_DEVICE={os.environ['WAN_DEVICE']} but no CUDA device is visible")
+        return cls(name, model_dir, run, device)
+
+
+def _setting(params: dict[str, str], key: str, where: str) -> tuple[str, str]:
+    """Value of ``key``: the first set environment variable named in ``<key>_env``, else the parameter."""
+    env_names = [n.strip() for n in params.get(f"{key}_env", "").split(",") if n.strip()]
+    for env in env_names:
+        if os.environ.get(env):
+            return os.environ[env], f"${env}"
+    hint = " or ".join([f"${n}" for n in env_names] + [f"parameters.{key} in {where}"])
+    return params.get(key, ""), hint
+
+
+def _absolute(path: str, root: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (root / p)

@@ -1,0 +1,308 @@
+"""T2V / I2V pipeline stages, shared by the in-process API and the Triton adapters.
+
+Stages (each one Triton model in the served ensembles):
+  text   : prompt -> T5 context [L, text_dim]                         (:class:`~.models.text_encoder.WanTextEncoder`)
+  image  : RGB image -> CLIP tokens [257, image_dim] + y [20, t, h, w]  (:class:`ImageConditioner`, I2V only)
+  dit    : context (+ clip, y) + seed -> latents [16, t, h, w]         (:class:`Denoiser`)
+  vae    : latents -> uint8 frames [F, H, W, 3]                        (:meth:`~.models.vae.WanVAE.decode_to_uint8`)
+  mp4    : frames -> H.264 MP4 bytes                                   (:func:`~.video.encode_mp4`)
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import DiTConfig, LoraSpec, RunConfig
+from .errors import CheckpointError, InvalidRequest
+from .loaders.checkpoint import load_dit
+from .models.dit import WanDiT
+from .models.image_encoder import WanImageEncoder
+from .models.text_encoder import WanTextEncoder
+from .models.vae import WanVAE, load_vae
+from .requests import Geometry, check_fps, check_geometry, check_seed, decode_image
+from .schedulers.flow_match import make_baseline_scheduler
+from .schedulers.step_distill import StepDistillScheduler
+from .video import encode_mp4
+
+log = logging.getLogger(__name__)
+
+VAE_FILE = "Wan2.1_VAE.pth"
+VAE_STRIDE = (4, 8, 8)
+
+
+class Cancelled(RuntimeError):
+    """The caller asked to stop (checked between denoising steps)."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on GPU (as LightX2V / Wan run), fp32 on CPU."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def resolve_loras(run: RunConfig, model_dir: Path) -> RunConfig:
+    """LightX2V configs name LoRAs relative to the working dir or the model root: find each file or fail clearly."""
+    resolved = []
+    for spec in run.lora_configs:
+        candidates = [spec.path] if spec.path.is_absolute() else [spec.path, model_dir / spec.path,
+                                                                   model_dir.parent / spec.path,
+                                                                   model_dir / "loras" / spec.path.name]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise CheckpointError(f"{run.source}: LoRA file {spec.path} not found; looked at "
+                                  + ", ".join(str(c) for c in candidates))
+        resolved.append(LoraSpec(found, spec.strength))
+    return run.replace(lora_configs=tuple(resolved))
+
+
+# ----------------------------------------------------------------------------------------------
+# I2V conditioning
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ImageCondition:
+    clip_fea: torch.Tensor  # [257, image_dim] float32
+    y: torch.Tensor  # [20, t, h/8, w/8] float32: 4 mask channels | 16 VAE channels of [image, 0, 0, ...]
+    geometry: Geometry  # the size Wan derives from max_area and the image's aspect ratio
+
+
+def i2v_geometry(image_hw: tuple[int, int], max_area: int, num_frames: int) -> Geometry:
+    """Wan2.1 I2V size rule: keep the image's aspect ratio at ``max_area`` pixels, latent sides even."""
+    h, w = image_hw
+    aspect = h / w
+    lat_h = round(np.sqrt(max_area * aspect) // VAE_STRIDE[1] // 2 * 2)
+    lat_w = round(np.sqrt(max_area / aspect) // VAE_STRIDE[2] // 2 * 2)
+    if lat_h < 2 or lat_w < 2:
+        raise InvalidRequest("IMAGE", f"aspect ratio {w}x{h} is too extreme for a {max_area}-pixel video")
+    return Geometry(lat_h * 8, lat_w * 8, num_frames)
+
+
+def i2v_mask(num_frames: int, lat_h: int, lat_w: int) -> torch.Tensor:
+    """[4, 1+(F-1)//4, lat_h, lat_w]: 1 on latent frame 0 (the given image), 0 elsewhere."""
+    t = (num_frames - 1) // 4 + 1
+    mask = torch.zeros(4, t, lat_h, lat_w)
+    mask[:, 0] = 1.0
+    return mask
+
+
+class ImageConditioner:
+    """CLIP tokens + VAE-encoded first frame + mask for I2V (Wan2.1 ``WanI2V.generate``)."""
+
+    def __init__(self, clip: WanImageEncoder, vae: WanVAE, device: torch.device, max_image_pixels: int):
+        self.clip, self.vae, self.device, self.max_image_pixels = clip, vae, device, max_image_pixels
+
+    def decode(self, data: bytes | None) -> Image.Image:
+        return decode_image(data, self.max_image_pixels)
+
+    @torch.inference_mode()
+    def __call__(self, image: Image.Image, max_area: int, num_frames: int) -> ImageCondition:
+        img = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, H, W] in [0, 1]
+        img = img.sub_(0.5).div_(0.5).to(self.device)
+        geo = i2v_geometry(tuple(img.shape[1:]), max_area, num_frames)
+        clip_fea = self.clip.encode(img).float()
+        first = F.interpolate(img[None], size=(geo.height, geo.width), mode="bicubic", align_corners=False)
+        video = torch.cat([first.transpose(0, 1), img.new_zeros(3, num_frames - 1, geo.height, geo.width)], dim=1)
+        latent = self.vae.encode(video[None].to(self._vae_dtype()))[0].float()
+        _, t, lat_h, lat_w = latent.shape
+        y = torch.cat([i2v_mask(num_frames, lat_h, lat_w).to(latent.device), latent])
+        return ImageCondition(clip_fea.cpu(), y.cpu(), geo)
+
+    def _vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+
+# ----------------------------------------------------------------------------------------------
+# DiT + sampler
+# ----------------------------------------------------------------------------------------------
+class Denoiser:
+    """Runs the DiT over the sampler's steps: 4 steps without CFG for distilled runs, N steps with CFG for baselines."""
+
+    def __init__(self, dit: WanDiT, run: RunConfig, device: torch.device):
+        self.dit, self.run, self.device = dit, run, device
+        self.dtype = next(dit.parameters()).dtype
+        self.distill = (StepDistillScheduler(run.denoising_step_list, run.sample_shift, update=run.distill_update)
+                        if run.is_distill else None)
+
+    @property
+    def needs_negative_context(self) -> bool:
+        return not self.run.is_distill and self.run.enable_cfg
+
+    @torch.inference_mode()
+    def __call__(self, context: torch.Tensor, seed: int, latent_shape: tuple[int, int, int, int],
+                 negative_context: torch.Tensor | None = None, clip_fea: torch.Tensor | None = None,
+                 y: torch.Tensor | None = None, should_stop: Callable[[], bool] | None = None,
+                 on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """context [L, text_dim] (+ negative [L', text_dim], clip [257, image_dim], y [20, t, h, w]) -> latents [16, t, h, w] fp32 CPU."""
+        dev = self.device
+        gen = torch.Generator(dev).manual_seed(seed)
+        x = torch.randn(latent_shape, generator=gen, dtype=torch.float32, device=dev)
+        cond = self._inputs(context, clip_fea, y)
+        uncond = None
+        if self.needs_negative_context:
+            if negative_context is None:
+                raise ValueError("a CFG run needs the negative prompt's context")
+            uncond = self._inputs(negative_context, clip_fea, y)
+
+        if self.distill is not None:
+            sched, steps = self.distill, len(self.distill.timesteps)
+            for i in range(steps):
+                self._check_stop(should_stop, i)
+                v = self._predict(x, sched.timesteps[i], cond)
+                x = sched.step(i, x, v, generator=gen)
+                if on_step:
+                    on_step(i + 1, steps)
+            return x.cpu()
+
+        sched = make_baseline_scheduler(self.run.sample_solver, self.run.infer_steps, self.run.sample_shift)
+        state, steps = sched.new_state(), len(sched.timesteps)
+        for i in range(steps):
+            self._check_stop(should_stop, i)
+            t = sched.timesteps[i]
+            v = self._predict(x, t, cond)
+            if uncond is not None:
+                v_uncond = self._predict(x, t, uncond)
+                v = v_uncond + self.run.sample_guide_scale * (v - v_uncond)
+            x = sched.step(i, x, v, state=state)
+            if on_step:
+                on_step(i + 1, steps)
+        return x.cpu()
+
+    def _inputs(self, context, clip_fea, y) -> dict[str, torch.Tensor | None]:
+        to = lambda a: None if a is None else a.to(self.device, self.dtype)[None]  # noqa: E731
+        return {"context": to(context), "clip_fea": to(clip_fea), "y": to(y)}
+
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, inputs) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32, device=self.device).reshape(1)
+        return self.dit(x[None].to(self.dtype), t, **inputs)[0].float()
+
+    @staticmethod
+    def _check_stop(should_stop, step: int) -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"cancelled before denoising step {step + 1}")
+
+
+# ----------------------------------------------------------------------------------------------
+# In-process pipeline
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class VideoResult:
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    mp4: bytes
+    latents: torch.Tensor  # [16, t, h, w] fp32
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def load_text_encoder(model_dir: Path, device: torch.device, text_len: int) -> WanTextEncoder:
+    return WanTextEncoder.from_model_dir(model_dir, device=device, dtype=default_dtype(device), text_len=text_len)
+
+
+def load_image_encoder(model_dir: Path, device: torch.device) -> WanImageEncoder:
+    return WanImageEncoder.from_model_dir(model_dir, device=device, dtype=torch.float32)
+
+
+def load_vae_from_dir(model_dir: Path, device: torch.device) -> WanVAE:
+    path = Path(model_dir) / VAE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"VAE weights not found: {path} (expected Wan2.1's {VAE_FILE} in the model directory)")
+    return load_vae(path, device=device, dtype=torch.float32)
+
+
+def load_denoiser(model_dir: Path, run: RunConfig, device: torch.device) -> Denoiser:
+    model_dir = Path(model_dir)
+    dit = load_dit(model_dir, resolve_loras(run, model_dir), device=device, dtype=default_dtype(device))
+    return Denoiser(dit, run, device)
+
+
+def text_len_of(model_dir: Path, run: RunConfig) -> int:
+    return run.text_len or DiTConfig.from_json(Path(model_dir) / "config.json").text_len
+
+
+class WanPipeline:
+    """In-process T2V / I2V: the same stages the Triton ensembles chain, in one process."""
+
+    def __init__(self, run: RunConfig, text_encoder: WanTextEncoder, denoiser: Denoiser, vae: WanVAE,
+                 conditioner: ImageConditioner | None = None):
+        self.run, self.text_encoder, self.denoiser, self.vae, self.conditioner = (
+            run, text_encoder, denoiser, vae, conditioner)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, run: RunConfig, device: str | torch.device | None = None) -> WanPipeline:
+        model_dir = Path(model_dir)
+        device = torch.device(device) if device is not None else default_device()
+        denoiser = load_denoiser(model_dir, run, device)
+        vae = load_vae_from_dir(model_dir, device)
+        text_encoder = load_text_encoder(model_dir, device, text_len_of(model_dir, run))
+        conditioner = None
+        if denoiser.dit.cfg.is_i2v:
+            conditioner = ImageConditioner(load_image_encoder(model_dir, device), vae, device, run.max_image_pixels)
+        return cls(run, text_encoder, denoiser, vae, conditioner)
+
+    def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        prompts = [prompt]
+        if self.denoiser.needs_negative_context:
+            prompts.append(self.run.negative_prompt if negative_prompt is None else negative_prompt)
+        out = [c.float().cpu() for c in self.text_encoder.encode(prompts)]
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    def text_to_video(self, prompt: str, seed: int | None = None, height: int | None = None, width: int | None = None,
+                      num_frames: int | None = None, fps: int | None = None, negative_prompt: str | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> VideoResult:
+        seed, fps = check_seed(seed, self.run), check_fps(fps, self.run)
+        geo = check_geometry(self.run, height, width, num_frames)
+        timings: dict[str, float] = {}
+        with _timed(timings, "text"):
+            context, negative = self.encode_text(prompt, negative_prompt)
+        with _timed(timings, "dit"):
+            latents = self.denoiser(context, seed, geo.latent_shape, negative, should_stop=should_stop)
+        return self._finish(latents, fps, timings)
+
+    def image_to_video(self, image: bytes, prompt: str, seed: int | None = None, height: int | None = None,
+                       width: int | None = None, num_frames: int | None = None, fps: int | None = None,
+                       negative_prompt: str | None = None, should_stop: Callable[[], bool] | None = None) -> VideoResult:
+        if self.conditioner is None:
+            raise InvalidRequest("IMAGE", "this deployment serves a text-to-video model; image-to-video needs an I2V model")
+        seed, fps = check_seed(seed, self.run), check_fps(fps, self.run)
+        geo = check_geometry(self.run, height, width, num_frames)
+        timings: dict[str, float] = {}
+        pil = self.conditioner.decode(image)
+        with _timed(timings, "text"):
+            context, negative = self.encode_text(prompt, negative_prompt)
+        with _timed(timings, "image"):
+            cond = self.conditioner(pil, geo.height * geo.width, geo.num_frames)
+        with _timed(timings, "dit"):
+            latents = self.denoiser(context, seed, tuple([16, *cond.y.shape[1:]]), negative, cond.clip_fea, cond.y,
+                                    should_stop=should_stop)
+        return self._finish(latents, fps, timings)
+
+    def _finish(self, latents: torch.Tensor, fps: int, timings: dict[str, float]) -> VideoResult:
+        with _timed(timings, "vae"):
+            frames = self.vae.decode_to_uint8(latents.to(self.denoiser.device)).cpu().numpy()
+        with _timed(timings, "mp4"):
+            mp4 = encode_mp4(frames, fps)
+        return VideoResult(frames, mp4, latents, timings)
+
+
+class _timed:
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+
+
+__all__ = ["Cancelled", "Denoiser", "ImageCondition", "ImageConditioner", "VideoResult", "WanPipeline",
+           "i2v_geometry", "i2v_mask", "load_denoiser", "load_image_encoder", "load_text_encoder",
+           "load_vae_from_dir", "resolve_loras", "text_len_of"]

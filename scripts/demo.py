@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""`make demo`: serve the tiny demo checkpoints with the real tritonserver, generate one T2V and one I2V video
+through the gRPC client, write outputs/t2v.mp4 and outputs/i2v.mp4, stop the server.
+
+The demo weights are random: the videos are noise. Point WAN_T2V_MODEL_PATH / WAN_I2V_MODEL_PATH at real Wan2.1
+model roots (see README) to serve real models with the same repository.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from triton_server import TritonServer  # noqa: E402
+
+from wan_client import WanClient  # noqa: E402
+from wan_client.cli import atomic_write  # noqa: E402
+
+DEMO_CONFIGS = ROOT / "configs" / "demo"
+
+
+def demo_image(width: int = 320, height: int = 192) -> bytes:
+    """A synthetic input picture (sky, sun, sea) so the demo needs no files."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.zeros((height, width, 3), np.float32)
+    sky = y < height * 0.6
+    img[sky] = np.stack([90 + 60 * y / height, 150 + 50 * y / height, np.full_like(y, 235)], -1)[sky]
+    img[~sky] = np.stack([20 + 0 * y, 70 + 40 * (y / height), 140 + 40 * (y / height)], -1)[~sky]
+    sun = (x - width * 0.7) ** 2 + (y - height * 0.3) ** 2 < (height * 0.12) ** 2
+    img[sun] = (255, 220, 120)
+    buf = io.BytesIO()
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints" / "demo")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+
+    env = {
+        "WAN_T2V_MODEL_PATH": str((args.checkpoints / "Wan2.1-T2V-tiny").resolve()),
+        "WAN_I2V_MODEL_PATH": str((args.checkpoints / "Wan2.1-I2V-tiny").resolve()),
+        "WAN_T2V_CONFIG": str(DEMO_CONFIGS / "wan_t2v_distill_4step_demo.json"),
+        "WAN_I2V_CONFIG": str(DEMO_CONFIGS / "wan_i2v_distill_4step_demo.json"),
+        "WAN_T2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_t2v_baseline_50step_cfg_demo.json"),
+        "WAN_I2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_i2v_baseline_40step_cfg_demo.json"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "tritonserver.log"
+    print(f"demo: starting tritonserver on model_repository/ (log: {log}) ...", flush=True)
+    t0 = time.perf_counter()
+    with TritonServer(ROOT / "model_repository", env=env, log_path=log, ready_timeout_s=600) as server:
+        print(f"demo: server ready in {time.perf_counter() - t0:.1f} s, gRPC at {server.grpc_url}", flush=True)
+        image = demo_image()
+        atomic_write(args.out / "i2v_input.png", lambda f: f.write(image))
+        with WanClient(server.grpc_url, timeout_s=900) as client:
+            jobs = [("t2v", lambda: client.t2v("a red fox running through fresh snow, cinematic", seed=args.seed)),
+                    ("i2v", lambda: client.i2v(image, "waves roll onto the beach at sunset", seed=args.seed))]
+            for name, run in jobs:
+                result = run()
+                path = args.out / f"{name}.mp4"
+                atomic_write(path, lambda f: f.write(result.mp4))
+                print(f"demo: {name}: {len(result.mp4)} bytes -> {path} ({result.elapsed_s:.2f} s end to end)",
+                      flush=True)
+    print("demo: done. The demo weights are random, so the videos are noise; see README to serve real Wan2.1 weights.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
