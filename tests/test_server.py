@@ -2,6 +2,7 @@
 
 Served output == in-process output bit for bit; every bad input -> INVALID_ARGUMENT naming the input while the
 server keeps serving; cancellation stops the DiT between steps; perf_analyzer reports zero errors."""
+import json
 import os
 import subprocess
 import sys
@@ -202,8 +203,11 @@ def test_perf_analyzer_reports_no_errors(server, grpc, tmp_path):
         return int(stats.get("fail", {}).get("count", 0)), int(stats.get("success", {}).get("count", 0))
 
     fail0, ok0 = failures()
-    csv = tmp_path / "pa.csv"
-    env = dict(os.environ, URL=server.grpc_url, CONCURRENCY="1", COUNT="3", STABILITY="100", CSV=str(csv))
+    csv, data = tmp_path / "pa.csv", tmp_path / "input.json"
+    small = {"HEIGHT": [32], "WIDTH": [48], "NUM_FRAMES": [5]}
+    data.write_text(json.dumps({"data": [{"PROMPT": [p], "SEED": [s], **small} for p, s in (("a fox", 1), ("a cat", 2))]}))
+    env = dict(os.environ, URL=server.grpc_url, CONCURRENCY="1", COUNT="3", STABILITY="1000", MAX_TRIALS="5", CSV=str(csv),
+               INPUT_DATA=str(data))
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "perf_t2v.sh")], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
