@@ -107,6 +107,30 @@ def test_i2v_ensemble_equals_in_process(grpc, tiny_models):
     assert np.array_equal(frames, ref.frames) and mp4 == ref.mp4
 
 
+@pytest.fixture(scope="module")
+def lora_server(tiny_models, tmp_path_factory):
+    """The same repository serving base weights + the distill LoRA (only the distilled ensembles are loaded)."""
+    log = tmp_path_factory.mktemp("triton_lora") / "server.log"
+    with TritonServer(ROOT / "model_repository", env=server_env(tiny_models, lora=True), log_path=log,
+                      ready_timeout_s=300, extra_args=["--model-control-mode=explicit", "--load-model=wan_t2v",
+                                                       "--load-model=wan_i2v"]) as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        yield client
+        client.close()
+
+
+def test_base_plus_lora_ensembles_equal_in_process(lora_server, tiny_models):
+    _, frames = infer(lora_server, "wan_t2v", inputs(b"a lighthouse at dusk", 9, **SMALL))
+    ref = in_process(tiny_models, "t2v", "wan_t2v_distill_4step_demo_lora.json").text_to_video(
+        "a lighthouse at dusk", seed=9, **SMALL)
+    assert np.array_equal(frames, ref.frames)
+    image = make_png(width=48, height=32, seed=4)
+    _, frames = infer(lora_server, "wan_i2v", inputs(b"leaves fall", 4, image=image, **SMALL))
+    ref = in_process(tiny_models, "i2v", "wan_i2v_distill_4step_demo_lora.json").image_to_video(
+        image, "leaves fall", seed=4, **SMALL)
+    assert np.array_equal(frames, ref.frames)
+
+
 def test_baseline_ensemble_equals_in_process(grpc, tiny_models):
     items = inputs(b"a lighthouse", 2, **SMALL)
     neg = grpcclient.InferInput("NEGATIVE_PROMPT", [1], "BYTES")
