@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wan_distill.errors import CheckpointError, key_mismatch_error
-from wan_distill.models.text_encoder import assign_state_dict, load_torch_file
+from wan_distill.loaders.files import assign_checked, load_state_dict_file
 
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -138,7 +138,7 @@ def load_clip_vision(path: str | Path, device: str | torch.device = "cpu", dtype
     from transformers import CLIPVisionModel
 
     path = Path(path)
-    wan_sd = load_torch_file(path)
+    wan_sd = load_state_dict_file(path)
     cfg = clip_vision_config_from_wan(wan_sd, path)
     hf_sd, unknown = wan_clip_to_hf(wan_sd)
     with torch.device("meta"):
@@ -153,7 +153,7 @@ def load_clip_vision(path: str | Path, device: str | torch.device = "cpu", dtype
         raise key_mismatch_error("CLIP image encoder", [path], missing, unknown,
                                  hint="accepted extra keys: textual.*, log_scale, visual.head")
     del wan_sd
-    assign_state_dict(model, hf_sd, "CLIP image encoder", path, device, dtype)
+    assign_checked(model, hf_sd, [path], "CLIP image encoder", device, dtype)
     emb = model.embeddings  # non-persistent buffer stayed on meta
     emb.register_buffer("position_ids", torch.arange(emb.num_positions, device=device)[None], persistent=False)
     return model.eval()

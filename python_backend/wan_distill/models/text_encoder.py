@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from wan_distill.errors import CheckpointError, key_mismatch_error
+from wan_distill.loaders.files import assign_checked, load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -150,43 +151,6 @@ def umt5_config_from_wan(sd: dict[str, Tensor], source: str | Path = "<state dic
 # ------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------
-def load_torch_file(path: str | Path) -> dict[str, Tensor]:
-    """``torch.load(weights_only=True)`` on CPU, memory-mapped when the file is in the zip format."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) serialization cannot be mmapped
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt file, pickled objects, ...
-        raise CheckpointError(f"{path}: cannot be read as a torch state dict ({type(e).__name__}: {e})") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: expected a flat state dict of tensors")
-    return sd
-
-
-def assign_state_dict(model: torch.nn.Module, sd: dict[str, Tensor], what: str, path: str | Path,
-                      device, dtype: torch.dtype) -> None:
-    """Strict key check, then move each tensor to (device, dtype) one at a time and assign it (no double copy)."""
-    expected = set(model.state_dict().keys())
-    missing, unexpected = expected - sd.keys(), sd.keys() - expected
-    if missing or unexpected:
-        raise key_mismatch_error(what, [path], missing, unexpected)
-    bad = [f"{k} {tuple(sd[k].shape)} != expected {tuple(p.shape)}" for k, p in model.state_dict().items()
-           if sd[k].shape != p.shape]
-    if bad:
-        raise CheckpointError(f"{what}: shape mismatch in {path}: {'; '.join(bad[:10])}")
-    converted: dict[int, Tensor] = {}  # keep tied entries (same tensor object) tied
-    for k in list(sd):
-        t = sd[k]
-        if id(t) not in converted:
-            converted[id(t)] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-        sd[k] = converted[id(t)]
-    model.load_state_dict(sd, strict=True, assign=True)
-
-
 def load_umt5_encoder(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Load a UMT5 encoder as ``transformers.UMT5EncoderModel`` (eval mode).
 
@@ -201,7 +165,7 @@ def load_umt5_encoder(path: str | Path, device: str | torch.device = "cpu", dtyp
             raise CheckpointError(f"UMT5 encoder directory {path} has no config.json")
         model = UMT5EncoderModel.from_pretrained(path, local_files_only=True, dtype=dtype)
         return model.to(device).eval()
-    wan_sd = load_torch_file(path)
+    wan_sd = load_state_dict_file(path)
     cfg = umt5_config_from_wan(wan_sd, path)
     with torch.device("meta"):
         model = UMT5EncoderModel(cfg)
@@ -210,7 +174,7 @@ def load_umt5_encoder(path: str | Path, device: str | torch.device = "cpu", dtyp
         raise key_mismatch_error("UMT5 encoder", [path], expected - wan_sd.keys(), wan_sd.keys() - expected)
     hf_sd = wan_t5_to_hf(wan_sd)
     del wan_sd
-    assign_state_dict(model, hf_sd, "UMT5 encoder", path, device, dtype)
+    assign_checked(model, hf_sd, [path], "UMT5 encoder", device, dtype)
     model.encoder.embed_tokens.weight = model.shared.weight  # re-tie after assign
     return model.eval()
 

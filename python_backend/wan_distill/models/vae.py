@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, key_mismatch_error
+from ..loaders.files import assign_checked, load_state_dict_file
 
 __all__ = ["CACHE_T", "LATENT_MEAN", "LATENT_STD", "FrameCache", "WanVAE", "load_vae"]
 
@@ -342,36 +342,11 @@ class WanVAE(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------------
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"VAE weights not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
-        raise CheckpointError(f"{path}: cannot read VAE weights ({type(e).__name__}: {e})") from e
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: expected a flat state dict of tensors")
-    return sd
-
-
 def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WanVAE:
     """Load ``Wan2.1_VAE.pth`` (or a same-layout file with another base width, e.g. 8 or 24) strictly."""
     path = Path(path)
-    sd = _read_state_dict(path)
+    sd = load_state_dict_file(path)
     width = sd.get("encoder.conv1.weight")
     with torch.device("meta"):
         model = WanVAE(dim=96 if width is None else int(width.shape[0]))  # base width, 96 for Wan2.1_VAE.pth
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if missing or unexpected:
-        raise key_mismatch_error("WanVAE", [path], missing, unexpected)
-    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if sd[k].shape != v.shape]
-    if wrong:
-        raise CheckpointError(f"WanVAE: the weights in {path} have wrong shapes: {'; '.join(wrong[:10])}")
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
-    return model.to(device).eval().requires_grad_(False)
+    return assign_checked(model, sd, [path], "WanVAE", device, dtype)
