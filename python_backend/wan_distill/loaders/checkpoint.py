@@ -20,35 +20,15 @@ import torch
 from ..config import DiTConfig, RunConfig
 from ..errors import CheckpointError
 from ..models.dit import WanDiT
-from .files import assign_checked, check_state_dict, iter_state_dict_file, load_state_dict_file
+from .files import (DIT_PREFIXES, assign_checked, check_state_dict, common_prefix, iter_state_dict_file,
+                    load_state_dict_file, strip_prefix)
+from .lora import merge_loras
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load_state_dict_file", "iter_state_dict_file", "strip_prefix", "common_prefix", "find_dit_weights",
            "read_dit_state_dict", "check_state_dict", "assign_checked", "load_dit", "DIT_PREFIXES"]
 
-# Longest first: "model.diffusion_model." must win over "model.".
-DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
-
-
-def common_prefix(keys) -> str:
-    """The one of :data:`DIT_PREFIXES` that every key starts with, or ''."""
-    keys = list(keys)
-    for prefix in DIT_PREFIXES:
-        if keys and all(k.startswith(prefix) for k in keys):
-            return prefix
-    return ""
-
-
-def strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove a leading ``model.`` / ``diffusion_model.`` / ``model.diffusion_model.`` shared by all keys."""
-    prefix = common_prefix(sd)
-    return {k[len(prefix):]: v for k, v in sd.items()} if prefix else dict(sd)
-
-
-# ----------------------------------------------------------------------------------------------
-# Finding the files
-# ----------------------------------------------------------------------------------------------
 def _safetensors_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
 
@@ -129,7 +109,6 @@ def load_dit(model_dir: str | Path, run: RunConfig, device: torch.device | str =
     Tensors are cast to ``dtype`` and moved to ``device`` one by one while reading, so only one full copy
     of the model is ever held. LoRAs (``run.lora_configs``) are merged in fp32 and cast back.
     """
-    from .lora import merge_loras
 
     model_dir = Path(model_dir)
     cfg = DiTConfig.from_json(model_dir / "config.json")

@@ -12,7 +12,8 @@ import torch
 
 from ..errors import CheckpointError, key_mismatch_error
 
-__all__ = ["iter_state_dict_file", "load_state_dict_file", "check_state_dict", "assign_checked"]
+__all__ = ["iter_state_dict_file", "load_state_dict_file", "check_state_dict", "assign_checked", "DIT_PREFIXES",
+           "common_prefix", "strip_prefix"]
 
 _PICKLE_SUFFIXES = (".pt", ".pth")
 
@@ -95,3 +96,27 @@ def assign_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor], files: l
         sd[k] = converted[id(t)]
     model.load_state_dict(sd, strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+# Longest first: "model.diffusion_model." must win over "model.".
+DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+
+
+def common_prefix(keys) -> str:
+    """The one of :data:`DIT_PREFIXES` that every key starts with, or ''."""
+    keys = list(keys)
+    for prefix in DIT_PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys):
+            return prefix
+    return ""
+
+
+def strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a leading ``model.`` / ``diffusion_model.`` / ``model.diffusion_model.`` shared by all keys."""
+    prefix = common_prefix(sd)
+    return {k[len(prefix):]: v for k, v in sd.items()} if prefix else dict(sd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the files
+# ----------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 from ..config import LoraSpec
 from ..errors import CheckpointError
-from .checkpoint import DIT_PREFIXES, load_state_dict_file
+from .files import DIT_PREFIXES, load_state_dict_file
 
 log = logging.getLogger(__name__)
 
