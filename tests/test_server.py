@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from wan_distill.config import RunConfig
 from wan_distill.pipeline import WanPipeline
+from wan_distill.video import decode_mp4
 
 from conftest import ROOT, make_png
 
@@ -85,6 +86,14 @@ def in_process(tiny_models, task, config):
     return WanPipeline.from_model_dir(tiny_models[task], RunConfig.from_json(DEMO / config), device="cpu")
 
 
+def assert_same_video(mp4: bytes, ref_mp4: bytes) -> None:
+    """Equal frames went into both encoders; libx264's threads do not promise identical bytes under CPU load, so
+    compare what the two files decode to (same size, same content up to the encoder's choices)."""
+    a, b = decode_mp4(mp4), decode_mp4(ref_mp4)
+    assert a.shape == b.shape
+    assert np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() < 1.0
+
+
 def test_all_models_ready(grpc):
     for m in ("wan_t2v", "wan_i2v", "wan_t2v_baseline", "wan_i2v_baseline", "wan_text_encoder", "wan_image_encoder",
               "wan_t2v_dit", "wan_i2v_dit", "wan_vae_decoder", "wan_video_encoder"):
@@ -97,14 +106,15 @@ def test_t2v_ensemble_equals_in_process(grpc, tiny_models):
         "a red fox running through snow", seed=11, **SMALL)
     assert frames.shape == (5, 32, 48, 3)
     assert np.array_equal(frames, ref.frames)
-    assert mp4 == ref.mp4
+    assert_same_video(mp4, ref.mp4)
 
 
 def test_i2v_ensemble_equals_in_process(grpc, tiny_models):
     image = make_png(width=48, height=32, seed=3)
     mp4, frames = infer(grpc, "wan_i2v", inputs(b"waves", 5, image=image, **SMALL))
     ref = in_process(tiny_models, "i2v", "wan_i2v_distill_4step_demo.json").image_to_video(image, "waves", seed=5, **SMALL)
-    assert np.array_equal(frames, ref.frames) and mp4 == ref.mp4
+    assert np.array_equal(frames, ref.frames)
+    assert_same_video(mp4, ref.mp4)
 
 
 @pytest.fixture(scope="module")
