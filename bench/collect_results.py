@@ -10,7 +10,8 @@ ORDER = [  # (file, one-command rerun)
     ("load_test.md", ".venv/bin/python bench/load_test.py --write"),
     ("memory.md", ".venv/bin/python bench/memory.py --write"),
     ("inprocess_stages.md", ".venv/bin/python bench/inprocess_stages.py --write"),
-    ("gpu_check.md", "bench/gpu_check.py on a GPU host (see the block)"),
+    ("gpu_check_h100.md", "PYTHONPATH=python_backend python3 bench/gpu_check.py on a GPU host (see the block)"),
+    ("gpu_check.md", "the same, on an H200"),
 ]
 
 HEADER = """# Benchmark results
