@@ -8,6 +8,7 @@ ORDER = [  # (file, one-command rerun)
     ("serving_overhead.md", ".venv/bin/python bench/serving_overhead.py --write"),
     ("diffusers_side_by_side.md", ".venv/bin/python bench/diffusers_side_by_side.py --write"),
     ("load_test.md", ".venv/bin/python bench/load_test.py --write"),
+    ("load_test_threads1.md", ".venv/bin/python bench/load_test.py --threads 1 --write"),
     ("memory.md", ".venv/bin/python bench/memory.py --write"),
     ("inprocess_stages.md", ".venv/bin/python bench/inprocess_stages.py --write"),
     ("gpu_check_h100.md", "PYTHONPATH=python_backend python3 bench/gpu_check.py on a GPU host (see the block)"),
