@@ -13,6 +13,7 @@ ORDER = [  # (file, one-command rerun)
     ("inprocess_stages.md", ".venv/bin/python bench/inprocess_stages.py --write"),
     ("gpu_check_h100.md", "PYTHONPATH=python_backend python3 bench/gpu_check.py on a GPU host (see the block)"),
     ("gpu_check.md", "the same, on an H200"),
+    ("gpu_compile_h100.md", "PYTHONPATH=python_backend python3 bench/gpu_compile.py on a GPU host"),
 ]
 
 HEADER = """# Benchmark results

@@ -72,6 +72,7 @@ def test_seed_document_keys(tmp_path):
     ({"sample_shift": "5"}, "sample_shift must be a number"),
     ({"lora_configs": [{"strength": 1.0}]}, "needs a 'path'"),
     ({"distill_update": "ddim"}, "distill_update"),
+    ({"compile_dit": "yes"}, "compile_dit must be true or false"),
 ])
 def test_contradictions_are_named(patch, needle):
     base = {"infer_steps": 4, "denoising_step_list": [1000, 750, 500, 250], "enable_cfg": False}

@@ -177,6 +177,7 @@ class RunConfig:
     dit_original_ckpt: Path | None = None
     # ours
     distill_update: Literal["renoise", "euler"] = "renoise"
+    compile_dit: bool = False
     sample_solver: Literal["unipc", "euler"] = "unipc"
     negative_prompt: str = ""
     fps: int = 16
@@ -289,8 +290,8 @@ def _check_types(kwargs: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: {k} must be an integer, got {v!r}")
         if k in _FLOAT_KEYS and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise ConfigError(f"{source}: {k} must be a number, got {v!r}")
-        if k == "enable_cfg" and not isinstance(v, bool):
-            raise ConfigError(f"{source}: enable_cfg must be true or false, got {v!r}")
+        if k in ("enable_cfg", "compile_dit") and not isinstance(v, bool):
+            raise ConfigError(f"{source}: {k} must be true or false, got {v!r}")
 
 
 def _resolve(p: str | Path, base_dir: Path | None) -> Path:

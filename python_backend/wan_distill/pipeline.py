@@ -220,6 +220,8 @@ def load_vae_from_dir(model_dir: Path, device: torch.device) -> WanVAE:
 def load_denoiser(model_dir: Path, run: RunConfig, device: torch.device) -> Denoiser:
     model_dir = Path(model_dir)
     dit = load_dit(model_dir, resolve_loras(run, model_dir), device=device, dtype=default_dtype(device))
+    if run.compile_dit:
+        dit.compile_blocks()
     return Denoiser(dit, run, device)
 
 

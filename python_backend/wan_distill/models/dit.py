@@ -318,6 +318,14 @@ class WanDiT(nn.Module):
         x = self.head(x, e)  # [B, L, out*pt*ph*pw]
         return self.unpatchify(x, (f, h, w))
 
+    def compile_blocks(self, **options) -> WanDiT:
+        """``torch.compile`` every transformer block in place (regional compilation: one graph, reused by all
+        blocks), fusing the fp32 modulation / norm / gating elementwise work around the matmuls. Opt-in
+        (``RunConfig.compile_dit``); the first forward per geometry pays the compile time."""
+        for block in self.blocks:
+            block.compile(**options)
+        return self
+
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """x [B, f*h*w, out*pt*ph*pw] -> [B, out, f*pt, h*ph, w*pw]."""
         (f, h, w), (pt, ph, pw) = grid, self.cfg.patch_size
