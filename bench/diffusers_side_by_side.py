@@ -57,7 +57,8 @@ from wan_distill.models.image_encoder import CLIP_FILE, CLIP_MEAN, CLIP_STD, loa
 from wan_distill.models.text_encoder import T5_FILE, TOKENIZER_DIR, load_tokenizer, load_umt5_encoder  # noqa: E402
 from wan_distill.pipeline import WanPipeline as OurPipeline  # noqa: E402
 from wan_distill.schedulers.step_distill import StepDistillScheduler  # noqa: E402
-from wan_distill.tiny import VAE_FILE, TinySpec, write_demo_checkpoints, write_model_dir  # noqa: E402
+from wan_distill.models.vae import VAE_FILE  # noqa: E402
+from wan_distill.tiny import TinySpec, write_demo_checkpoints, write_model_dir  # noqa: E402
 
 STEP_LIST = (1000, 750, 500, 250)
 SHIFT = 5.0

@@ -9,10 +9,11 @@ class CheckpointError(ValueError):
     """A weights file is missing, of the wrong format, or does not match the model's keys."""
 
 
-def _preview(keys: Iterable[str], limit: int = 20) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys) - limit} more)" if len(keys) > limit else shown
+def preview(items: Iterable[str], limit: int = 20, sep: str = ", ", sort: bool = True) -> str:
+    """The first ``limit`` items joined by ``sep`` (sorted unless told not to), then how many more there are."""
+    items = sorted(items) if sort else list(items)
+    shown = sep.join(items[:limit])
+    return f"{shown}{sep}... ({len(items) - limit} more)" if len(items) > limit else shown
 
 
 def key_mismatch_error(what: str, files: Iterable[Path | str], missing: Iterable[str],
@@ -21,9 +22,9 @@ def key_mismatch_error(what: str, files: Iterable[Path | str], missing: Iterable
     missing, unexpected = list(missing), list(unexpected)
     parts = [f"{what}: the weights in {', '.join(str(f) for f in files)} do not match the model"]
     if missing:
-        parts.append(f"missing {len(missing)} key(s): {_preview(missing)}")
+        parts.append(f"missing {len(missing)} key(s): {preview(missing)}")
     if unexpected:
-        parts.append(f"unexpected {len(unexpected)} key(s): {_preview(unexpected)}")
+        parts.append(f"unexpected {len(unexpected)} key(s): {preview(unexpected)}")
     if hint:
         parts.append(hint)
     return CheckpointError("; ".join(parts))

@@ -26,7 +26,7 @@ from .loaders.checkpoint import load_dit
 from .models.dit import WanDiT
 from .models.image_encoder import WanImageEncoder
 from .models.text_encoder import WanTextEncoder
-from .models.vae import WanVAE, load_vae
+from .models.vae import VAE_FILE, WanVAE, load_vae
 from .requests import Geometry, check_fps, check_geometry, check_seed, decode_image
 from .schedulers.flow_match import make_baseline_scheduler
 from .schedulers.step_distill import StepDistillScheduler
@@ -34,7 +34,6 @@ from .video import encode_mp4
 
 log = logging.getLogger(__name__)
 
-VAE_FILE = "Wan2.1_VAE.pth"
 VAE_STRIDE = (4, 8, 8)
 
 

@@ -30,14 +30,10 @@ from safetensors.torch import save_file
 
 from .config import DiTConfig
 from .models.dit import WanDiT
-from .models.image_encoder import write_tiny_clip
-from .models.text_encoder import write_tiny_tokenizer, write_tiny_umt5
-from .models.vae import WanVAE
+from .models.image_encoder import CLIP_FILE, write_tiny_clip
+from .models.text_encoder import T5_FILE, TOKENIZER_DIR, write_tiny_tokenizer, write_tiny_umt5
+from .models.vae import VAE_FILE, WanVAE
 
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
-VAE_FILE = "Wan2.1_VAE.pth"
-TOKENIZER_DIR = "google/umt5-xxl"
 LORA_NAMES = {"t2v": "Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors",
               "i2v": "Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors"}
 

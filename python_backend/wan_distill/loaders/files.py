@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, key_mismatch_error
+from ..errors import CheckpointError, key_mismatch_error, preview
 
 __all__ = ["iter_state_dict_file", "load_state_dict_file", "check_state_dict", "assign_checked", "DIT_PREFIXES",
            "common_prefix", "strip_prefix"]
@@ -77,8 +77,7 @@ def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], files:
     if missing or unexpected or bad_shapes:
         hint = ""
         if bad_shapes:
-            shown = "; ".join(bad_shapes[:10]) + (f"; ... ({len(bad_shapes) - 10} more)" if len(bad_shapes) > 10 else "")
-            hint = f"{len(bad_shapes)} shape mismatch(es): {shown}"
+            hint = f"{len(bad_shapes)} shape mismatch(es): {preview(bad_shapes, 10, '; ', sort=False)}"
         if any(k.startswith("img_emb.") for k in unexpected) or any(k.startswith("img_emb.") for k in missing):
             hint += ("; " if hint else "") + "an i2v checkpoint needs an i2v config.json (in_dim 36) and vice versa"
         raise key_mismatch_error(what, files, missing, unexpected, hint)

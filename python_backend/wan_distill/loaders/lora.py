@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..config import LoraSpec
-from ..errors import CheckpointError
+from ..errors import CheckpointError, preview
 from .files import DIT_PREFIXES, load_state_dict_file
 
 log = logging.getLogger(__name__)
@@ -110,14 +110,8 @@ def plan_lora(lora: dict[str, torch.Tensor], path: str | Path = "<lora>") -> lis
     if problems:
         raise CheckpointError(f"LoRA {path}: {len(problems)} key(s) of no known LoRA form "
                               f"(pairs .lora_up/.lora_down, .lora_B/.lora_A [+ .alpha], or .diff/.diff_b/.diff_m): "
-                              f"{_preview(problems)}")
+                              f"{preview(problems)}")
     return deltas
-
-
-def _preview(items: list[str], limit: int = 20) -> str:
-    items = sorted(items)
-    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
 
 
 def merge_loras(state_dict: dict[str, torch.Tensor], loras: Sequence[LoraSpec]) -> None:
@@ -136,11 +130,11 @@ def merge_loras(state_dict: dict[str, torch.Tensor], loras: Sequence[LoraSpec]) 
         if missing or bad or dup:
             parts = [f"LoRA {path} does not fit the model"]
             if missing:
-                parts.append(f"{len(missing)} key(s) match no parameter: {_preview(missing)}")
+                parts.append(f"{len(missing)} key(s) match no parameter: {preview(missing)}")
             if bad:
-                parts.append(f"{len(bad)} key(s) with mismatched shapes: {_preview(bad)}")
+                parts.append(f"{len(bad)} key(s) with mismatched shapes: {preview(bad)}")
             if dup:
-                parts.append(f"{len(dup)} parameter(s) updated twice: {_preview(dup)}")
+                parts.append(f"{len(dup)} parameter(s) updated twice: {preview(dup)}")
             raise CheckpointError("; ".join(parts))
         for d in deltas:
             w = state_dict[d.target]

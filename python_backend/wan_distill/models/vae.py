@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from ..loaders.files import assign_checked, load_state_dict_file
 
+VAE_FILE = "Wan2.1_VAE.pth"  # its name in every Wan2.1 model root
+
 __all__ = ["CACHE_T", "LATENT_MEAN", "LATENT_STD", "FrameCache", "WanVAE", "load_vae"]
 
 CACHE_T = 2
