@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "python_backend"))
 sys.path.insert(0, str(ROOT / "client"))
 
+from demo import demo_env as scripts_demo_env  # noqa: E402
 from wan_distill.tiny import TinySpec, write_demo_checkpoints, write_model_dir  # noqa: E402
 
 # DiT: 8 layers at width 1024 (head_dim 128 as in Wan2.1), ffn 4x; T5 as the demo's (32 wide, 2 layers);
@@ -85,11 +86,7 @@ def bench_env(paths: dict[str, Path]) -> dict[str, str]:
 
 
 def demo_env(dirs: dict[str, Path]) -> dict[str, str]:
-    return {"WAN_T2V_MODEL_PATH": str(dirs["t2v"]), "WAN_I2V_MODEL_PATH": str(dirs["i2v"]),
-            "WAN_T2V_CONFIG": str(DEMO_CONFIGS / "wan_t2v_distill_4step_demo.json"),
-            "WAN_I2V_CONFIG": str(DEMO_CONFIGS / "wan_i2v_distill_4step_demo.json"),
-            "WAN_T2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_t2v_baseline_50step_cfg_demo.json"),
-            "WAN_I2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_i2v_baseline_40step_cfg_demo.json")}
+    return scripts_demo_env(dirs["t2v"], dirs["i2v"])
 
 
 def dir_size_mb(path: Path) -> float:

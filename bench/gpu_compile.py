@@ -65,7 +65,7 @@ def main() -> int:
         del model, x, ctx, ref, out
         free(device)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    md = [f"## DiT: eager vs compiled blocks (`compile_dit`)\n",
+    md = ["## DiT: eager vs compiled blocks (`compile_dit`)\n",
           f"- {dev}, torch {torch.__version__}, {dtype}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; latent [1,16,{thw[0]},"
           f"{thw[1]},{thw[2]}], random weights; median of {args.reps} forwards after a warm-up",
           f"- command: `{' '.join(['python3', *sys.argv])}`\n",

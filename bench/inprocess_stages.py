@@ -7,29 +7,18 @@ stages (text, image, dit, vae, mp4). One run, same machine; the ratio is the num
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import DEMO_CONFIGS as DEMO, emit, ensure_demo_models, header  # noqa: E402
+from demo import demo_image  # noqa: E402  (scripts/demo.py: the demo's synthetic 320x192 picture)
 
-from wan_distill.config import RunConfig
-from wan_distill.pipeline import WanPipeline
-from wan_distill.tiny import write_demo_checkpoints
+from wan_distill.config import RunConfig  # noqa: E402
+from wan_distill.pipeline import WanPipeline  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo"
 STAGES = ("text", "image", "dit", "vae", "mp4")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def median_timings(run, reps: int) -> dict[str, float]:
@@ -43,21 +32,15 @@ def median_timings(run, reps: int) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--checkpoints", type=Path, help="tiny model dirs (default: written to a temp dir)")
     p.add_argument("--write", action="store_true", help="write bench/results/inprocess_stages.md")
     args = p.parse_args()
-    root = args.checkpoints or Path(tempfile.mkdtemp(prefix="wan-tiny-"))
-    if not (root / "Wan2.1-T2V-tiny").is_dir():
-        write_demo_checkpoints(root)
-    t2v_dir, i2v_dir = root / "Wan2.1-T2V-tiny", root / "Wan2.1-I2V-tiny"
+    dirs = ensure_demo_models()
+    t2v_dir, i2v_dir = dirs["t2v"], dirs["i2v"]
 
     distill = WanPipeline.from_model_dir(t2v_dir, RunConfig.from_json(DEMO / "wan_t2v_distill_4step_demo.json"), "cpu")
     baseline = WanPipeline.from_model_dir(t2v_dir, RunConfig.from_json(DEMO / "wan_t2v_baseline_50step_cfg_demo.json"),
                                           "cpu")
     i2v = WanPipeline.from_model_dir(i2v_dir, RunConfig.from_json(DEMO / "wan_i2v_distill_4step_demo.json"), "cpu")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from demo import demo_image  # the demo's synthetic 320x192 picture
-
     image = demo_image()
     rows = {
         "T2V distill, 4 steps, no CFG (4 DiT calls)": median_timings(lambda: distill.text_to_video("a red fox", seed=1), args.reps),
@@ -66,12 +49,8 @@ def main() -> int:
     }
     geo = f"{distill.run.target_height}x{distill.run.target_width}, {distill.run.target_video_length} frames"
     lines = [
-        "## In-process stages on the tiny demo checkpoints",
-        "",
-        f"{datetime.date.today()} · {cpu_name()}, {torch.get_num_threads()} threads · torch {torch.__version__} · "
-        f"geometry {geo} · median of {args.reps} after a warm-up",
-        "",
-        "`.venv/bin/python bench/inprocess_stages.py --reps %d`" % args.reps,
+        header("In-process stages on the tiny demo checkpoints").rstrip(),
+        f"- geometry {geo}, median of {args.reps} after a warm-up",
         "",
         "| run | " + " | ".join(STAGES) + " | total s |",
         "|---|" + "---|" * (len(STAGES) + 1),
@@ -82,11 +61,7 @@ def main() -> int:
     lines += ["", f"Baseline / distill: end to end **{b['total'] / d['total']:.1f}×**, DiT stage {b['dit'] / d['dit']:.1f}× "
                   "(ideal 25×). The tiny DiT is cheap next to the tiny VAE here, so the end-to-end ratio is small; "
                   "`bench/distill_speedup.py` measures a DiT-dominated model."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        (ROOT / "bench" / "results").mkdir(exist_ok=True)
-        (ROOT / "bench" / "results" / "inprocess_stages.md").write_text(text)
+    emit("inprocess_stages", "\n".join(lines) + "\n", args.write)
     return 0
 
 

@@ -18,12 +18,24 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+import triton_server  # noqa: E402
 from triton_server import TritonServer  # noqa: E402
 
 from wan_client import WanClient  # noqa: E402
 from wan_client.cli import atomic_write  # noqa: E402
 
 DEMO_CONFIGS = ROOT / "configs" / "demo"
+
+
+def demo_env(t2v_dir: Path, i2v_dir: Path, lora: bool = False) -> dict[str, str]:
+    """The WAN_* variables that make model_repository/ serve the tiny demo roots with the demo run configs
+    (``lora``: base weights + the distill LoRA instead of the full distilled DiT)."""
+    suffix = "_lora" if lora else ""
+    return {"WAN_T2V_MODEL_PATH": str(Path(t2v_dir).resolve()), "WAN_I2V_MODEL_PATH": str(Path(i2v_dir).resolve()),
+            "WAN_T2V_CONFIG": str(DEMO_CONFIGS / f"wan_t2v_distill_4step_demo{suffix}.json"),
+            "WAN_I2V_CONFIG": str(DEMO_CONFIGS / f"wan_i2v_distill_4step_demo{suffix}.json"),
+            "WAN_T2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_t2v_baseline_50step_cfg_demo.json"),
+            "WAN_I2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_i2v_baseline_40step_cfg_demo.json")}
 
 
 def demo_image(width: int = 320, height: int = 192) -> bytes:
@@ -45,16 +57,14 @@ def main() -> int:
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints" / "demo")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--serve", action="store_true", help="only serve the demo models in the foreground (make serve)")
+    parser.add_argument("serve_args", nargs="*", help="with --serve: extra scripts/triton_server.py arguments")
     args = parser.parse_args()
 
-    env = {
-        "WAN_T2V_MODEL_PATH": str((args.checkpoints / "Wan2.1-T2V-tiny").resolve()),
-        "WAN_I2V_MODEL_PATH": str((args.checkpoints / "Wan2.1-I2V-tiny").resolve()),
-        "WAN_T2V_CONFIG": str(DEMO_CONFIGS / "wan_t2v_distill_4step_demo.json"),
-        "WAN_I2V_CONFIG": str(DEMO_CONFIGS / "wan_i2v_distill_4step_demo.json"),
-        "WAN_T2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_t2v_baseline_50step_cfg_demo.json"),
-        "WAN_I2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_i2v_baseline_40step_cfg_demo.json"),
-    }
+    env = demo_env(args.checkpoints / "Wan2.1-T2V-tiny", args.checkpoints / "Wan2.1-I2V-tiny")
+    if args.serve:  # `make serve`: the same deployment, in the foreground, until Ctrl-C
+        return triton_server.main(["--model-repository", str(ROOT / "model_repository"),
+                                   *[f"--env={k}={v}" for k, v in env.items()], *args.serve_args])
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "tritonserver.log"
     print(f"demo: starting tritonserver on model_repository/ (log: {log}) ...", flush=True)

@@ -21,6 +21,7 @@ from wan_distill.video import decode_mp4
 from conftest import ROOT, make_png
 
 sys.path.insert(0, str(ROOT / "scripts"))
+from demo import demo_env  # noqa: E402
 from triton_server import TritonServer  # noqa: E402
 
 from wan_client import WanClient  # noqa: E402
@@ -32,12 +33,7 @@ SMALL = dict(height=32, width=48, num_frames=5)
 
 
 def server_env(tiny_models, lora: bool = False) -> dict[str, str]:
-    suffix = "_lora" if lora else ""
-    return {"WAN_T2V_MODEL_PATH": str(tiny_models["t2v"]), "WAN_I2V_MODEL_PATH": str(tiny_models["i2v"]),
-            "WAN_T2V_CONFIG": str(DEMO / f"wan_t2v_distill_4step_demo{suffix}.json"),
-            "WAN_I2V_CONFIG": str(DEMO / f"wan_i2v_distill_4step_demo{suffix}.json"),
-            "WAN_T2V_BASELINE_CONFIG": str(DEMO / "wan_t2v_baseline_50step_cfg_demo.json"),
-            "WAN_I2V_BASELINE_CONFIG": str(DEMO / "wan_i2v_baseline_40step_cfg_demo.json")}
+    return demo_env(tiny_models["t2v"], tiny_models["i2v"], lora)
 
 
 @pytest.fixture(scope="module")
