@@ -3,12 +3,12 @@
 
 The python-backend stub embeds CPython in isolated mode: PYTHONPATH is ignored and the venv is found through
 the first ``python3`` on PATH, so the server runs with ``<venv>/bin`` first on PATH and with
-LD_LIBRARY_PATH = pytriton's bundled libs + the base interpreter's LIBDIR (see runtime-setup.md §2).
+LD_LIBRARY_PATH = pytriton's bundled libs + the base interpreter's LIBDIR.
 
 Library use::
 
     from triton_server import TritonServer
-    with TritonServer("model_repository", env={"WAN_MODEL_PATH": "/weights"}) as srv:
+    with TritonServer("model_repository", env={"WAN_T2V_MODEL_PATH": "/weights/Wan2.1-T2V-14B"}) as srv:
         print(srv.grpc_url)             # 127.0.0.1:<free port>
 
 CLI (``make serve``)::
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exit-timeout", type=int, default=30, help="--exit-timeout-secs for in-flight requests")
     ap.add_argument("--quiet", action="store_true", help="do not echo the server log to stdout")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra environment for the models (e.g. WAN_MODEL_PATH=/weights); repeatable")
+                    help="extra environment for the models (e.g. WAN_T2V_MODEL_PATH=/weights/Wan2.1-T2V-14B); repeatable")
     ap.add_argument("extra", nargs="*", help="extra tritonserver arguments (after --)")
     a = ap.parse_args(argv)
     env = dict(kv.split("=", 1) for kv in a.env)

@@ -1,6 +1,6 @@
 """Test-only reference math for Wan's T5 encoder and CLIP visual tower, computed DIRECTLY from Wan-key state dicts.
 
-Written from the formulas in the reference notes (wan-vae-t5-clip.md §2.3, §3.2, §3.3), in float64, with no
+Written from the published formulas of Wan2.1's UMT5 and CLIP encoders, in float64, with no
 transformers / wan_distill code involved, so it is an independent check of the HF-mapped models.
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ def encoder(tiny_file):
 
 
 def wan_clip_real_visual_keys() -> dict[str, tuple[int, ...]]:
-    """visual.* keys of the real CLIP file, written out from the reference notes' table (§3.4)."""
+    """visual.* keys of the real CLIP file, written out from the released file's key list."""
     W = 1280
     keys = {"visual.patch_embedding.weight": (W, 3, 14, 14), "visual.cls_embedding": (1, 1, W),
             "visual.pos_embedding": (1, 257, W), "visual.pre_norm.weight": (W,), "visual.pre_norm.bias": (W,),

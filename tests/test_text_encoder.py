@@ -39,7 +39,7 @@ def sp_ids(model_dir, text):
 
 # ---------------------------------------------------------------- real-size key names
 def wan_t5_real_keys() -> dict[str, tuple[int, ...]]:
-    """Key list of models_t5_umt5-xxl-enc-bf16.pth, written out from the reference notes' table (§2.2)."""
+    """Key list of models_t5_umt5-xxl-enc-bf16.pth, written out from the released file's key list."""
     keys = {"token_embedding.weight": (256384, 4096), "norm.weight": (4096,)}
     for i in range(24):
         p = f"blocks.{i}."

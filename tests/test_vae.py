@@ -9,7 +9,7 @@ import torch
 from wan_distill.errors import CheckpointError
 from wan_distill.models.vae import WanVAE, load_vae
 
-# Latent statistics as written in the reference notes (section 1.5), used to check ours and diffusers' defaults.
+# Latent statistics as published with Wan2.1's VAE, used to check ours and diffusers' defaults.
 NOTES_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
               0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]
 NOTES_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,

@@ -1,6 +1,6 @@
 """Wan2.1 causal 3D VAE (``Wan2.1_VAE.pth``): 8x spatial / 4x temporal compression, 16 latent channels.
 
-Written from the architecture facts in the project's reference notes; module names equal the checkpoint keys
+Written from Wan2.1's published architecture; module names equal the checkpoint keys
 (``encoder.downsamples.N.residual.2.weight``, ``decoder.upsamples.N.time_conv.weight``, ``conv1``, ``conv2`` ...),
 so ``load_state_dict(strict=True)`` works on the released file.
 
