@@ -52,7 +52,7 @@ def test_diffusers_scheduler_follows_our_sigmas():
     sched.set_begin_index(0)
     for i, t in enumerate(sched.timesteps):
         theirs = sched.step(v, t, x, return_dict=False)[0]
-        torch.testing.assert_close(theirs, ours.step(i, x, v), rtol=0, atol=1e-6)
+        torch.testing.assert_close(theirs, ours.step(i, x, v, ours.new_state()), rtol=0, atol=1e-6)
 
 
 def test_t2v_matches_diffusers(tiny_models):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from wan_distill.config import ConfigError
-from wan_distill.schedulers.flow_match import (FlowEulerScheduler, FlowUniPCScheduler, make_baseline_scheduler,
-                                               wan_flow_sigmas)
+from wan_distill.config import ConfigError, RunConfig
+from wan_distill.schedulers import SamplerState, make_sampler
+from wan_distill.schedulers.flow_match import FlowEulerScheduler, FlowUniPCScheduler, wan_flow_sigmas
 from wan_distill.schedulers.step_distill import StepDistillScheduler
 
 SHAPE = (4, 2, 3, 5)   # tiny [C, F, H, W] latents
@@ -43,20 +43,39 @@ def test_distill_table_999_and_shift8():
     torch.testing.assert_close(sch8.sigmas, torch.tensor([7.992 / 7.993, 0.96, 8 / 9, 8 / 11]), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(sch8.timesteps, 1000 * torch.tensor([7.992 / 7.993, 0.96, 8 / 9, 8 / 11]),
                                rtol=1e-6, atol=1e-4)
-    # float values equal to integers are accepted
-    torch.testing.assert_close(StepDistillScheduler([1000.0, 750.0, 500.0, 250.0]).timesteps,
-                               StepDistillScheduler([1000, 750, 500, 250]).timesteps, rtol=0, atol=0)
+    # float values equal to integers are accepted by the run config (a JSON 1000.0 means 1000)
+    run = RunConfig.from_dict({"infer_steps": 4, "denoising_step_list": [1000.0, 750.0, 500.0, 250.0]})
+    assert run.denoising_step_list == (1000, 750, 500, 250)
+    torch.testing.assert_close(make_sampler(run).timesteps, StepDistillScheduler([1000, 750, 500, 250]).timesteps,
+                               rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("steps", [[1000, 750.5, 500], [1001, 750], [1000, 0], []])
-def test_distill_rejects_bad_lists(steps):
-    with pytest.raises(ConfigError):
-        StepDistillScheduler(steps)
+@pytest.mark.parametrize("steps", [[1000, 750.5, 500], [999.5, 500], [1001, 750], [1000, 0], [], [750, 1000], "1000"])
+def test_run_config_rejects_bad_step_lists(steps):
+    """The step list is validated once, in RunConfig (the scheduler trusts it)."""
+    n = len(steps) if isinstance(steps, list) else 1
+    with pytest.raises(ConfigError, match="denoising_step_list"):
+        RunConfig.from_dict({"infer_steps": n, "denoising_step_list": steps})
 
 
-def test_distill_rejects_bad_update():
-    with pytest.raises(ConfigError):
-        StepDistillScheduler([1000, 750], update="ddim")
+@pytest.mark.parametrize("key, value", [("distill_update", "ddim"), ("sample_solver", "dpm++"), ("sample_shift", 0),
+                                        ("infer_steps", 0)])
+def test_run_config_rejects_bad_sampler_settings(key, value):
+    data = {"infer_steps": 4, "denoising_step_list": [1000, 750, 500, 250]}
+    if key in ("sample_solver", "infer_steps"):
+        data = {"infer_steps": 4, "enable_cfg": True}  # a baseline run
+    with pytest.raises(ConfigError, match=key):
+        RunConfig.from_dict({**data, key: value})
+
+
+def test_make_sampler_picks_the_configured_solver():
+    assert isinstance(make_sampler(RunConfig()), StepDistillScheduler)
+    base = {"infer_steps": 4, "enable_cfg": True}
+    assert isinstance(make_sampler(RunConfig.from_dict(base)), FlowUniPCScheduler)
+    assert isinstance(make_sampler(RunConfig.from_dict({**base, "sample_solver": "euler"})), FlowEulerScheduler)
+    euler = make_sampler(RunConfig.from_dict({"infer_steps": 4, "denoising_step_list": [1000, 750, 500, 250],
+                                              "distill_update": "euler"}))
+    assert euler.update == "euler"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -70,7 +89,7 @@ def _xv(seed=0):
 def test_distill_renoise_step_hand_computed():
     sch = StepDistillScheduler([1000, 750, 500, 250], shift=5.0, update="renoise")
     x, v = _xv()
-    out = sch.step(1, x, v, generator=torch.Generator().manual_seed(123))
+    out = sch.step(1, x, v, sch.new_state(torch.Generator().manual_seed(123)))
     eps = torch.randn(SHAPE, dtype=torch.float32, generator=torch.Generator().manual_seed(123))
     x0 = x - 0.9375 * v                          # sigma_1 = 15/16
     expected = (1 - 5 / 6) * x0 + (5 / 6) * eps  # sigma_2 = 5/6
@@ -84,7 +103,7 @@ def test_distill_last_step_returns_x0():
         x, v = _xv(1)
         g = torch.Generator().manual_seed(5)
         state_before = g.get_state()
-        out = sch.step(3, x, v, generator=g)
+        out = sch.step(3, x, v, sch.new_state(g))
         torch.testing.assert_close(out, x - 0.625 * v, rtol=1e-6, atol=1e-6)
         assert torch.equal(g.get_state(), state_before)   # no noise drawn at the last step
 
@@ -94,25 +113,26 @@ def test_distill_euler_step():
     x, v = _xv(2)
     sig = [1.0, 0.9375, 5 / 6, 0.625]
     for i in range(3):
-        out = sch.step(i, x, v)
+        out = sch.step(i, x, v, sch.new_state())
         torch.testing.assert_close(out, x + (sig[i + 1] - sig[i]) * v, rtol=1e-5, atol=1e-6)
     # per-step deltas -0.0625, -0.10417, -0.20833
-    torch.testing.assert_close(sch.step(0, x, v) - x, -0.0625 * v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sch.step(0, x, v, SamplerState()) - x, -0.0625 * v, rtol=1e-5, atol=1e-6)
 
 
 def test_distill_renoise_uses_given_generator():
     sch = StepDistillScheduler([1000, 750, 500, 250])
     x, v = _xv(3)
     torch.manual_seed(0)
-    a = sch.step(0, x, v, generator=torch.Generator().manual_seed(42))
+    a = sch.step(0, x, v, sch.new_state(torch.Generator().manual_seed(42)))
     torch.manual_seed(1)   # the global RNG must not matter
-    b = sch.step(0, x, v, generator=torch.Generator().manual_seed(42))
-    c = sch.step(0, x, v, generator=torch.Generator().manual_seed(43))
+    b = sch.step(0, x, v, sch.new_state(torch.Generator().manual_seed(42)))
+    c = sch.step(0, x, v, sch.new_state(torch.Generator().manual_seed(43)))
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
     # a single generator advances: the same generator gives fresh noise on the next step
     g = torch.Generator().manual_seed(42)
-    assert not torch.equal(sch.step(0, x, v, generator=g), sch.step(0, x, v, generator=g))
+    state = sch.new_state(g)
+    assert not torch.equal(sch.step(0, x, v, state), sch.step(0, x, v, state))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,7 +202,7 @@ def test_unipc_trajectory_matches_diffusers(n, shift, order):
     state = ours.new_state()
     x_ref = x[None].clone()
     for i, t in enumerate(ours.timesteps):
-        x = ours.step(i, x, _model(x, float(t), c), state=state)
+        x = ours.step(i, x, _model(x, float(t), c), state)
         x_ref = ref.step(_model(x_ref, float(ref.timesteps[i]), c[None]), ref.timesteps[i], x_ref,
                          return_dict=False)[0]
         torch.testing.assert_close(x, x_ref[0], rtol=1e-5, atol=1e-5, msg=f"step {i}")
@@ -193,28 +213,28 @@ def test_euler_trajectory_matches_diffusers():
     n, shift = 8, 5.0
     g = torch.Generator().manual_seed(11)
     x, c = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
-    ours = make_baseline_scheduler("euler", n, shift)
+    ours = FlowEulerScheduler(n, shift)
     ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     ref.set_timesteps(sigmas=_wan_unshifted(n).tolist())
     x_ref = x[None].clone()
     for i, t in enumerate(ours.timesteps):
-        x = ours.step(i, x, _model(x, float(t), c))
+        x = ours.step(i, x, _model(x, float(t), c), ours.new_state())
         x_ref = ref.step(_model(x_ref, float(t), c[None]), ref.timesteps[i], x_ref, return_dict=False)[0]
         torch.testing.assert_close(x, x_ref[0], rtol=1e-5, atol=1e-5)
     # hand check of one Euler step
     x0, v = _xv(4)
-    torch.testing.assert_close(ours.step(2, x0, v), x0 + (ours.sigmas[3] - ours.sigmas[2]) * v)
+    torch.testing.assert_close(ours.step(2, x0, v, ours.new_state()), x0 + (ours.sigmas[3] - ours.sigmas[2]) * v)
 
 
 @pytest.mark.parametrize("solver", ["unipc", "euler"])
 def test_perfect_x0_model_lands_on_data(solver):
     # single-point data c: exact flow v = (x_t - c) / sigma, so x0 = c at every step and the output must be c
-    sch = make_baseline_scheduler(solver, 5, 5.0)
+    sch = make_sampler(RunConfig.from_dict({"infer_steps": 5, "enable_cfg": True, "sample_solver": solver}))
     g = torch.Generator().manual_seed(0)
     c, x = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
     state = sch.new_state()
     for i in range(5):
-        x = sch.step(i, x, (x - c) / sch.sigmas[i], state=state)
+        x = sch.step(i, x, (x - c) / sch.sigmas[i], state)
     torch.testing.assert_close(x, c, rtol=1e-4, atol=1e-4)
 
 
@@ -227,14 +247,14 @@ def test_unipc_states_are_independent():
     def run_alone(x):
         st = sch.new_state()
         for i, t in enumerate(sch.timesteps):
-            x = sch.step(i, x, _model(x, float(t), c), state=st)
+            x = sch.step(i, x, _model(x, float(t), c), st)
         return x
 
     alone_a, alone_b = run_alone(xa), run_alone(xb)
     sa, sb = sch.new_state(), sch.new_state()
     for i, t in enumerate(sch.timesteps):   # interleaved requests on one scheduler
-        xa = sch.step(i, xa, _model(xa, float(t), c), state=sa)
-        xb = sch.step(i, xb, _model(xb, float(t), c), state=sb)
+        xa = sch.step(i, xa, _model(xa, float(t), c), sa)
+        xb = sch.step(i, xb, _model(xb, float(t), c), sb)
     assert torch.equal(xa, alone_a) and torch.equal(xb, alone_b)
 
 
@@ -242,11 +262,9 @@ def test_unipc_misuse_raises():
     sch = FlowUniPCScheduler(4, 5.0)
     x, v = _xv(5)
     with pytest.raises(ValueError):
-        sch.step(0, x, v, state=None)
+        sch.step(0, x, v, None)
     st = sch.new_state()
-    sch.step(0, x, v, state=st)
+    sch.step(0, x, v, st)
     with pytest.raises(ValueError):
-        sch.step(2, x, v, state=st)     # skipped a step
-    with pytest.raises(ConfigError):
-        make_baseline_scheduler("dpm++", 4, 5.0)
-    assert isinstance(make_baseline_scheduler("unipc", 4, 5.0), FlowUniPCScheduler)
+        sch.step(2, x, v, st)     # skipped a step
+

@@ -155,6 +155,13 @@ _IGNORED_LIGHTX2V_KEYS = {
 }
 
 
+# Wan2.1's default negative prompt for CFG sampling (wan/configs/shared_config.py ``sample_neg_prompt``).
+WAN_NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+                       "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+                       "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+NUM_TRAIN_TIMESTEPS = 1000
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Sampling / geometry settings of one deployment (LightX2V config JSON, plus our few keys).
@@ -164,7 +171,7 @@ class RunConfig:
     """
 
     infer_steps: int = 4
-    denoising_step_list: tuple[float, ...] | None = (1000, 750, 500, 250)
+    denoising_step_list: tuple[int, ...] | None = (1000, 750, 500, 250)
     sample_shift: float = 5.0
     enable_cfg: bool = False
     sample_guide_scale: float = 5.0
@@ -179,7 +186,7 @@ class RunConfig:
     distill_update: Literal["renoise", "euler"] = "renoise"
     compile_dit: bool = False
     sample_solver: Literal["unipc", "euler"] = "unipc"
-    negative_prompt: str = ""
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
     fps: int = 16
     max_height: int = 1280
     max_width: int = 1280
@@ -193,8 +200,9 @@ class RunConfig:
             steps = list(self.denoising_step_list)
             if not steps:
                 raise ConfigError(f"{src}: denoising_step_list must not be empty")
-            if any(not (0 < s <= 1000) for s in steps):
-                raise ConfigError(f"{src}: denoising_step_list values must lie in (0, 1000], got {steps}")
+            if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= NUM_TRAIN_TIMESTEPS for s in steps):
+                raise ConfigError(f"{src}: denoising_step_list values must be integers in [1, {NUM_TRAIN_TIMESTEPS}] "
+                                  f"(indices into the training timesteps), got {steps}")
             if any(a <= b for a, b in zip(steps, steps[1:])):
                 raise ConfigError(f"{src}: denoising_step_list must be strictly decreasing, got {steps}")
             if self.infer_steps != len(steps):
@@ -224,6 +232,11 @@ class RunConfig:
     @property
     def is_distill(self) -> bool:
         return self.denoising_step_list is not None
+
+    @property
+    def uses_cfg(self) -> bool:
+        """CFG at sampling time (baselines with enable_cfg; a distilled config never has it)."""
+        return self.enable_cfg
 
     @property
     def num_dit_calls(self) -> int:
@@ -262,7 +275,11 @@ class RunConfig:
         if "denoising_step_list" not in kwargs:
             kwargs["denoising_step_list"] = None
         elif kwargs["denoising_step_list"] is not None:
-            kwargs["denoising_step_list"] = tuple(kwargs["denoising_step_list"])
+            steps = kwargs["denoising_step_list"]
+            if not isinstance(steps, (list, tuple)):
+                raise ConfigError(f"{source}: denoising_step_list must be a list of integers, got {steps!r}")
+            # 1000.0 in a JSON file means 1000; 999.5 stays a float and is refused in __post_init__
+            kwargs["denoising_step_list"] = tuple(int(s) if isinstance(s, float) and s.is_integer() else s for s in steps)
         if kwargs.get("dit_original_ckpt"):
             kwargs["dit_original_ckpt"] = _resolve(kwargs["dit_original_ckpt"], base_dir)
         else:

@@ -16,30 +16,25 @@ from ``linspace(1, 1/1000, N + 1)[:-1]`` (and nudges a first sigma of 1 down by 
 sigmas (``set_timesteps(sigmas=...)``), and from there its UniPC trajectory is the same as Wan's.
 
 UniPC state: a run's multistep history lives in a :class:`UniPCState` from ``scheduler.new_state()`` passed to
-every ``step(..., state=state)``, so one scheduler instance can serve concurrent requests. Scalar coefficients
-are computed in float64 from the float32 sigmas; tensor math is float32.
+every ``step(i, x, v, state)`` (the sampler interface of :mod:`.base`), so one scheduler instance serves concurrent
+requests. Scalar coefficients are computed in float64 from the float32 sigmas; tensor math is float32. The number of
+steps, the shift and the solver name were validated by :class:`~wan_distill.config.RunConfig`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
-
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from .base import SamplerState
 
-__all__ = ["wan_flow_sigmas", "FlowEulerScheduler", "FlowUniPCScheduler", "UniPCState", "make_baseline_scheduler"]
+__all__ = ["wan_flow_sigmas", "FlowEulerScheduler", "FlowUniPCScheduler", "UniPCState"]
 
 
 def wan_flow_sigmas(num_steps: int, shift: float = 5.0,
                     num_train_timesteps: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """Wan2.1's N-step schedule -> (timesteps [N] float32 integer-valued, sigmas [N+1] float32 ending in 0)."""
-    if num_steps < 1:
-        raise ConfigError(f"infer_steps must be >= 1, got {num_steps}")
-    if shift <= 0:
-        raise ConfigError(f"sample_shift must be > 0, got {shift}")
     sigma_max = float(np.float32(1.0 - 1.0 / num_train_timesteps))
     s = np.linspace(sigma_max, 0.0, num_steps + 1)[:-1]                     # float64, unshifted
     s = shift * s / (1 + (shift - 1) * s)
@@ -58,11 +53,11 @@ class FlowEulerScheduler:
     def __len__(self) -> int:
         return self.num_steps
 
-    def new_state(self) -> None:
-        """Euler keeps no history (same calling pattern as :class:`FlowUniPCScheduler`)."""
-        return None
+    def new_state(self, generator: torch.Generator | None = None) -> SamplerState:
+        """Euler keeps no history."""
+        return SamplerState(generator)
 
-    def step(self, i: int, x_t: torch.Tensor, flow_pred: torch.Tensor, state: None = None) -> torch.Tensor:
+    def step(self, i: int, x_t: torch.Tensor, flow_pred: torch.Tensor, state: SamplerState | None = None) -> torch.Tensor:
         """x_t [...] at sigmas[i], flow_pred [...] -> latents at sigmas[i+1] (dtype of x_t)."""
         if not 0 <= i < self.num_steps:
             raise IndexError(f"step index {i} out of range for {self.num_steps} steps")
@@ -71,7 +66,7 @@ class FlowEulerScheduler:
 
 
 @dataclass
-class UniPCState:
+class UniPCState(SamplerState):
     """Per-run multistep history of :class:`FlowUniPCScheduler` (never share between requests)."""
 
     next_step: int = 0                                             # steps must run 0, 1, ..., N-1
@@ -87,12 +82,10 @@ class FlowUniPCScheduler:
 
         state = sched.new_state()
         for i, t in enumerate(sched.timesteps):
-            x = sched.step(i, x, dit(x, t), state=state)
+            x = sched.step(i, x, dit(x, t), state)
     """
 
     def __init__(self, num_steps: int, shift: float = 5.0, num_train_timesteps: int = 1000, solver_order: int = 2):
-        if solver_order < 1:
-            raise ConfigError(f"solver_order must be >= 1, got {solver_order}")
         self.num_steps, self.shift, self.num_train_timesteps = num_steps, float(shift), num_train_timesteps
         self.solver_order = solver_order
         self.timesteps, self.sigmas = wan_flow_sigmas(num_steps, self.shift, num_train_timesteps)  # [N], [N+1]
@@ -104,8 +97,8 @@ class FlowUniPCScheduler:
     def __len__(self) -> int:
         return self.num_steps
 
-    def new_state(self) -> UniPCState:
-        return UniPCState()
+    def new_state(self, generator: torch.Generator | None = None) -> UniPCState:
+        return UniPCState(generator)
 
     def order(self, i: int) -> int:
         """Solver order of the predictor at step i (warm-up from 1, lower order at the end)."""
@@ -169,13 +162,3 @@ class FlowUniPCScheduler:
         state.next_step = i + 1
         x_next = self._bh_update(x, i, i + 1, state.x0_preds[::-1], self.order(i))
         return x_next.to(x_t.dtype)
-
-
-def make_baseline_scheduler(solver: Literal["unipc", "euler"], num_steps: int, shift: float = 5.0,
-                            num_train_timesteps: int = 1000) -> FlowUniPCScheduler | FlowEulerScheduler:
-    """The baseline (CFG, N-step) solver named by ``RunConfig.sample_solver``."""
-    if solver == "unipc":
-        return FlowUniPCScheduler(num_steps, shift, num_train_timesteps)
-    if solver == "euler":
-        return FlowEulerScheduler(num_steps, shift, num_train_timesteps)
-    raise ConfigError(f"sample_solver must be 'unipc' or 'euler', got {solver!r}")

@@ -19,7 +19,8 @@ Update between steps (``update``):
   (matches Self-Forcing training and LightX2V Jul-Nov 2025);
 * ``"euler"``:   ``x = x0 + s_next * v`` = ``x_t + (s_next - s) * v`` (deterministic; LightX2V since 2025-11-24).
 
-The last step returns ``x0``. The scheduler only holds its tables, so one instance serves all requests.
+The last step returns ``x0``. The scheduler only holds its tables, so one instance serves all requests; the step list
+was validated by :class:`~wan_distill.config.RunConfig` (integers in [1, 1000], strictly decreasing).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from ..config import ConfigError
+from .base import SamplerState
 
 __all__ = ["StepDistillScheduler", "shifted_sigma_table"]
 
@@ -49,18 +50,7 @@ class StepDistillScheduler:
 
     def __init__(self, denoising_step_list: Sequence[float], shift: float = 5.0,
                  num_train_timesteps: int = 1000, update: Literal["renoise", "euler"] = "renoise"):
-        if update not in ("renoise", "euler"):
-            raise ConfigError(f"distill_update must be 'renoise' or 'euler', got {update!r}")
-        if shift <= 0:
-            raise ConfigError(f"sample_shift must be > 0, got {shift}")
-        steps = list(denoising_step_list)
-        if not steps:
-            raise ConfigError("denoising_step_list must not be empty")
-        for s in steps:
-            if float(s) != round(float(s)) or not 1 <= round(float(s)) <= num_train_timesteps:
-                raise ConfigError(f"denoising_step_list values must be integers in [1, {num_train_timesteps}], "
-                                  f"got {steps}")
-        self.denoising_step_list = tuple(int(round(float(s))) for s in steps)
+        self.denoising_step_list = tuple(int(s) for s in denoising_step_list)
         self.shift = float(shift)
         self.num_train_timesteps = num_train_timesteps
         self.update = update
@@ -77,15 +67,17 @@ class StepDistillScheduler:
     def __len__(self) -> int:
         return self.num_steps
 
-    def step(self, i: int, x_t: torch.Tensor, flow_pred: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def new_state(self, generator: torch.Generator | None = None) -> SamplerState:
+        return SamplerState(generator)
+
+    def step(self, i: int, x_t: torch.Tensor, flow_pred: torch.Tensor, state: SamplerState) -> torch.Tensor:
         """One denoising step.
 
         Args:
             i: step index in [0, N).
             x_t: [C, F, H, W] (any shape) latents at ``sigmas[i]``.
             flow_pred: same shape, the DiT's flow prediction at ``timesteps[i]``.
-            generator: the request's seeded generator (``"renoise"`` draws its noise from it; ``None`` = global RNG).
+            state: from :meth:`new_state`; ``"renoise"`` draws its noise from ``state.generator`` (None = global RNG).
         Returns:
             latents at ``sigmas[i+1]``, or the clean ``x0`` at the last step; dtype of ``x_t``.
         """
@@ -99,7 +91,7 @@ class StepDistillScheduler:
         if self.update == "euler":
             x = x0 + sigma_next * v
         else:
-            eps = torch.randn(x0.shape, dtype=torch.float32, device=x0.device, generator=generator)
+            eps = torch.randn(x0.shape, dtype=torch.float32, device=x0.device, generator=state.generator)
             x = (1 - sigma_next) * x0 + sigma_next * eps
         return x.to(x_t.dtype)
 
