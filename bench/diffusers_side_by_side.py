@@ -80,7 +80,7 @@ def distill_sigmas(run: RunConfig) -> list[float]:
 
 
 def initial_noise(seed: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
-    """Exactly our Denoiser's draw on CPU: randn((16, t, h, w), Generator().manual_seed(seed)) -> [1, 16, t, h, w]."""
+    """Exactly our engine's draw on CPU (DenoiseEngine.new_job): randn((16, t, h, w), Generator().manual_seed(seed)) -> [1, 16, t, h, w]."""
     gen = torch.Generator("cpu").manual_seed(seed)
     return torch.randn(latent_shape, generator=gen, dtype=torch.float32)[None]
 

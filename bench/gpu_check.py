@@ -10,7 +10,7 @@ Sections (each one guarded: a failure is written into the report and the next se
   dit13     DiT at Wan2.1-1.3B size, latent [1,16,21,60,104] (480x832, 81 frames, 32760 tokens), context [1,512,4096]:
             1 warm-up forward (t=1000), then the median of 3 (t=937.5 / 1000 / 937.5); peak GPU memory; FLOP estimate
   dit14     the same at 14B size (the 1.3B model is freed first)
-  pipeline  WanPipeline(run, text encoder, Denoiser(1.3B DiT), VAE) built in memory: real-size UMT5-XXL encoder
+  pipeline  WanPipeline(run, text encoder, DenoiseEngine(1.3B DiT), VAE) built in memory: real-size UMT5-XXL encoder
             (random bf16), real-size VAE (dim 96, fp32 as loaded by the server), tiny sentencepiece tokenizer;
             text_to_video at 480x832x81, 4 distilled steps; per-stage seconds of a cold and a warm call + peak memory.
 
@@ -347,7 +347,8 @@ def build_vae(args, device):
 
 def section_pipeline(args, device, have: dict) -> dict:
     from wan_distill.config import RunConfig
-    from wan_distill.pipeline import Denoiser, WanPipeline
+    from wan_distill.engine import DenoiseEngine
+    from wan_distill.pipeline import WanPipeline
 
     free(device)
     height, width, frames = args.video
@@ -362,7 +363,7 @@ def section_pipeline(args, device, have: dict) -> dict:
     sync(device)
     build_s = time.perf_counter() - t0
     weights = alloc_gib(device)
-    pipe = WanPipeline(run, te, Denoiser(dit, run, device), vae)
+    pipe = WanPipeline(run, te, DenoiseEngine(dit, run, device), vae)
     runs = []
     for i in range(args.pipeline_runs):
         reset_peak(device)

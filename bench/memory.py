@@ -37,7 +37,7 @@ def stage(name: str, model_dir: Path, work: Path) -> dict:
     """Runs in a fresh subprocess."""
     import torch
     from wan_distill.config import RunConfig
-    from wan_distill.pipeline import (WanPipeline, load_denoiser, load_text_encoder, load_vae_from_dir, text_len_of)
+    from wan_distill.pipeline import (WanPipeline, load_engine, load_text_encoder, load_vae_from_dir, text_len_of)
     from wan_distill.requests import check_geometry
     from wan_distill.video import encode_mp4
     run = RunConfig.from_json(DEMO_CONFIGS / "wan_t2v_distill_4step_demo.json")
@@ -52,10 +52,10 @@ def stage(name: str, model_dir: Path, work: Path) -> dict:
             out["load"] = maxrss()
             torch.save(enc.encode([PROMPT])[0].float(), work / "context.pt")
         elif name == "dit":
-            den = load_denoiser(model_dir, run, torch.device("cpu"))
+            engine = load_engine(model_dir, run, torch.device("cpu"))
             ctx = torch.load(work / "context.pt")
             out["load"] = maxrss()
-            torch.save(den(ctx, 7, geo.latent_shape), work / "latents.pt")
+            torch.save(engine.denoise(ctx, 7, geo.latent_shape), work / "latents.pt")
         elif name == "vae":
             vae = load_vae_from_dir(model_dir, torch.device("cpu"))
             z = torch.load(work / "latents.pt")

@@ -6,7 +6,8 @@ import torch
 
 from wan_distill.config import RunConfig
 from wan_distill.errors import InvalidRequest
-from wan_distill.pipeline import Cancelled, WanPipeline, i2v_geometry, i2v_mask
+from wan_distill.errors import Cancelled
+from wan_distill.pipeline import WanPipeline, i2v_geometry, i2v_mask
 from wan_distill.video import decode_mp4
 
 from conftest import ROOT, make_png
@@ -28,8 +29,9 @@ def i2v(tiny_models):
 
 
 def count_dit_calls(pipe):
+    """DiT forward calls, each recorded as its batch size (rows)."""
     calls = []
-    handle = pipe.denoiser.dit.register_forward_hook(lambda *a: calls.append(1))
+    handle = pipe.engine.dit.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
     return calls, handle
 
 
@@ -56,10 +58,10 @@ def test_distill_runs_four_dit_calls(t2v):
         t2v.text_to_video("x", seed=0, **SMALL)
     finally:
         h.remove()
-    assert len(calls) == 4
+    assert calls == [1] * 4
 
 
-def test_baseline_runs_two_calls_per_step_with_cfg(tiny_models):
+def test_baseline_runs_cond_and_uncond_rows_per_step_with_cfg(tiny_models):
     run = RunConfig.from_json(ROOT / "configs/demo/wan_t2v_baseline_50step_cfg_demo.json").replace(infer_steps=6)
     pipe = WanPipeline.from_model_dir(tiny_models["t2v"], run, device="cpu")
     calls, h = count_dit_calls(pipe)
@@ -67,7 +69,7 @@ def test_baseline_runs_two_calls_per_step_with_cfg(tiny_models):
         out = pipe.text_to_video("x", seed=0, negative_prompt="blurry", **SMALL)
     finally:
         h.remove()
-    assert len(calls) == 2 * 6 and out.frames.shape == (5, 32, 48, 3)
+    assert calls == [2] * 6 and out.frames.shape == (5, 32, 48, 3)  # CFG folded into the batch: cond + uncond rows
 
 
 def test_renoise_and_euler_updates_differ(tiny_models, t2v):
@@ -80,7 +82,7 @@ def test_renoise_and_euler_updates_differ(tiny_models, t2v):
 def test_base_plus_lora_matches_full_distilled_model(tiny_models, t2v):
     """The tiny distilled DiT is base + the LoRA's delta, so both deployments must give the same video."""
     lora = WanPipeline.from_model_dir(tiny_models["t2v"], LORA, device="cpu")
-    full_sd, lora_sd = t2v.denoiser.dit.state_dict(), lora.denoiser.dit.state_dict()
+    full_sd, lora_sd = t2v.engine.dit.state_dict(), lora.engine.dit.state_dict()
     assert max((full_sd[k] - lora_sd[k]).abs().max().item() for k in full_sd) < 1e-5
     a = t2v.text_to_video("a boat", seed=5, **SMALL)
     b = lora.text_to_video("a boat", seed=5, **SMALL)
@@ -153,13 +155,13 @@ def test_i2v_image_errors(i2v, data, needle):
 
 def test_i2v_image_too_many_pixels(i2v):
     big = make_png(width=400, height=300)
-    pipe_limit = i2v.conditioner.max_image_pixels
-    i2v.conditioner.max_image_pixels = 100 * 100
+    run = i2v.run
+    i2v.run = run.replace(max_image_pixels=100 * 100)
     try:
         with pytest.raises(InvalidRequest, match="pixels"):
             i2v.image_to_video(big, "x", seed=0, **SMALL)
     finally:
-        i2v.conditioner.max_image_pixels = pipe_limit
+        i2v.run = run
 
 
 def test_t2v_pipeline_refuses_image_to_video(t2v):

@@ -37,3 +37,11 @@ class InvalidRequest(ValueError):
         super().__init__(f"{field}: {rule}")
         self.field = field
         self.rule = rule
+
+
+class Cancelled(RuntimeError):
+    """The caller asked to stop (cancelled or timed out); checked between denoising steps."""
+
+
+class Overloaded(RuntimeError):
+    """The server is at capacity (queue full): retry later. Served as UNAVAILABLE."""

@@ -3,7 +3,7 @@
 Stages (each one Triton model in the served ensembles):
   text   : prompt -> T5 context [L, text_dim]                         (:class:`~.models.text_encoder.WanTextEncoder`)
   image  : RGB image -> CLIP tokens [257, image_dim] + y [20, t, h, w]  (:class:`ImageConditioner`, I2V only)
-  dit    : context (+ clip, y) + seed -> latents [16, t, h, w]         (:class:`Denoiser`)
+  dit    : context (+ clip, y) + seed -> latents [16, t, h, w]         (:class:`~.engine.DenoiseEngine`)
   vae    : latents -> uint8 frames [F, H, W, 3]                        (:meth:`~.models.vae.WanVAE.decode_to_uint8`)
   mp4    : frames -> H.264 MP4 bytes                                   (:func:`~.video.encode_mp4`)
 """
@@ -21,24 +21,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import DiTConfig, LoraSpec, RunConfig
+from .engine import DenoiseEngine
 from .errors import CheckpointError, InvalidRequest
 from .loaders.checkpoint import load_dit
 from .models.dit import WanDiT
 from .models.image_encoder import WanImageEncoder
 from .models.text_encoder import WanTextEncoder
 from .models.vae import VAE_FILE, WanVAE, load_vae
-from .requests import Geometry, check_fps, check_geometry, check_seed, decode_image
-from .schedulers.flow_match import make_baseline_scheduler
-from .schedulers.step_distill import StepDistillScheduler
+from .requests import Geometry, VideoRequest, decode_image, parse_video_request
 from .video import encode_mp4
 
 log = logging.getLogger(__name__)
 
 VAE_STRIDE = (4, 8, 8)
-
-
-class Cancelled(RuntimeError):
-    """The caller asked to stop (checked between denoising steps)."""
 
 
 def default_device() -> torch.device:
@@ -121,76 +116,6 @@ class ImageConditioner:
 
 
 # ----------------------------------------------------------------------------------------------
-# DiT + sampler
-# ----------------------------------------------------------------------------------------------
-class Denoiser:
-    """Runs the DiT over the sampler's steps: 4 steps without CFG for distilled runs, N steps with CFG for baselines."""
-
-    def __init__(self, dit: WanDiT, run: RunConfig, device: torch.device):
-        self.dit, self.run, self.device = dit, run, device
-        self.dtype = next(dit.parameters()).dtype
-        self.distill = (StepDistillScheduler(run.denoising_step_list, run.sample_shift, update=run.distill_update)
-                        if run.is_distill else None)
-
-    @property
-    def needs_negative_context(self) -> bool:
-        return not self.run.is_distill and self.run.enable_cfg
-
-    @torch.inference_mode()
-    def __call__(self, context: torch.Tensor, seed: int, latent_shape: tuple[int, int, int, int],
-                 negative_context: torch.Tensor | None = None, clip_fea: torch.Tensor | None = None,
-                 y: torch.Tensor | None = None, should_stop: Callable[[], bool] | None = None,
-                 on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """context [L, text_dim] (+ negative [L', text_dim], clip [257, image_dim], y [20, t, h, w]) -> latents [16, t, h, w] fp32 CPU."""
-        dev = self.device
-        gen = torch.Generator(dev).manual_seed(seed)
-        x = torch.randn(latent_shape, generator=gen, dtype=torch.float32, device=dev)
-        cond = self._inputs(context, clip_fea, y)
-        uncond = None
-        if self.needs_negative_context:
-            if negative_context is None:
-                raise ValueError("a CFG run needs the negative prompt's context")
-            uncond = self._inputs(negative_context, clip_fea, y)
-
-        if self.distill is not None:
-            sched, steps = self.distill, len(self.distill.timesteps)
-            for i in range(steps):
-                self._check_stop(should_stop, i)
-                v = self._predict(x, sched.timesteps[i], cond)
-                x = sched.step(i, x, v, generator=gen)
-                if on_step:
-                    on_step(i + 1, steps)
-            return x.cpu()
-
-        sched = make_baseline_scheduler(self.run.sample_solver, self.run.infer_steps, self.run.sample_shift)
-        state, steps = sched.new_state(), len(sched.timesteps)
-        for i in range(steps):
-            self._check_stop(should_stop, i)
-            t = sched.timesteps[i]
-            v = self._predict(x, t, cond)
-            if uncond is not None:
-                v_uncond = self._predict(x, t, uncond)
-                v = v_uncond + self.run.sample_guide_scale * (v - v_uncond)
-            x = sched.step(i, x, v, state=state)
-            if on_step:
-                on_step(i + 1, steps)
-        return x.cpu()
-
-    def _inputs(self, context, clip_fea, y) -> dict[str, torch.Tensor | None]:
-        to = lambda a: None if a is None else a.to(self.device, self.dtype)[None]  # noqa: E731
-        return {"context": to(context), "clip_fea": to(clip_fea), "y": to(y)}
-
-    def _predict(self, x: torch.Tensor, t: torch.Tensor, inputs) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float32, device=self.device).reshape(1)
-        return self.dit(x[None].to(self.dtype), t, **inputs)[0].float()
-
-    @staticmethod
-    def _check_stop(should_stop, step: int) -> None:
-        if should_stop is not None and should_stop():
-            raise Cancelled(f"cancelled before denoising step {step + 1}")
-
-
-# ----------------------------------------------------------------------------------------------
 # In-process pipeline
 # ----------------------------------------------------------------------------------------------
 @dataclass
@@ -216,12 +141,13 @@ def load_vae_from_dir(model_dir: Path, device: torch.device) -> WanVAE:
     return load_vae(path, device=device, dtype=torch.float32)
 
 
-def load_denoiser(model_dir: Path, run: RunConfig, device: torch.device) -> Denoiser:
+def load_engine(model_dir: Path, run: RunConfig, device: torch.device, max_jobs_per_call: int = 4) -> DenoiseEngine:
+    """The DiT of ``model_dir`` (weights chosen by ``run``) behind a denoising engine on ``device``."""
     model_dir = Path(model_dir)
     dit = load_dit(model_dir, resolve_loras(run, model_dir), device=device, dtype=default_dtype(device))
     if run.compile_dit:
         dit.compile_blocks()
-    return Denoiser(dit, run, device)
+    return DenoiseEngine(dit, run, device, max_jobs_per_call)
 
 
 def text_len_of(model_dir: Path, run: RunConfig) -> int:
@@ -231,65 +157,65 @@ def text_len_of(model_dir: Path, run: RunConfig) -> int:
 class WanPipeline:
     """In-process T2V / I2V: the same stages the Triton ensembles chain, in one process."""
 
-    def __init__(self, run: RunConfig, text_encoder: WanTextEncoder, denoiser: Denoiser, vae: WanVAE,
+    def __init__(self, run: RunConfig, text_encoder: WanTextEncoder, engine: DenoiseEngine, vae: WanVAE,
                  conditioner: ImageConditioner | None = None):
-        self.run, self.text_encoder, self.denoiser, self.vae, self.conditioner = (
-            run, text_encoder, denoiser, vae, conditioner)
+        self.run, self.text_encoder, self.engine, self.vae, self.conditioner = (
+            run, text_encoder, engine, vae, conditioner)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, run: RunConfig, device: str | torch.device | None = None) -> WanPipeline:
         model_dir = Path(model_dir)
         device = torch.device(device) if device is not None else default_device()
-        denoiser = load_denoiser(model_dir, run, device)
+        engine = load_engine(model_dir, run, device)
         vae = load_vae_from_dir(model_dir, device)
         text_encoder = load_text_encoder(model_dir, device, text_len_of(model_dir, run))
         conditioner = None
-        if denoiser.dit.cfg.is_i2v:
+        if engine.cfg.is_i2v:
             conditioner = ImageConditioner(load_image_encoder(model_dir, device), vae, device, run.max_image_pixels)
-        return cls(run, text_encoder, denoiser, vae, conditioner)
+        return cls(run, text_encoder, engine, vae, conditioner)
 
     def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        prompts = [prompt]
-        if self.denoiser.needs_negative_context:
-            prompts.append(self.run.negative_prompt if negative_prompt is None else negative_prompt)
+        """-> context [L, text_dim] (+ the negative prompt's, when given) fp32 CPU."""
+        prompts = [prompt] + ([negative_prompt] if negative_prompt is not None else [])
         out = [c.float().cpu() for c in self.text_encoder.encode(prompts)]
         return out[0], (out[1] if len(out) > 1 else None)
 
     def text_to_video(self, prompt: str, seed: int | None = None, height: int | None = None, width: int | None = None,
                       num_frames: int | None = None, fps: int | None = None, negative_prompt: str | None = None,
                       should_stop: Callable[[], bool] | None = None) -> VideoResult:
-        seed, fps = check_seed(seed, self.run), check_fps(fps, self.run)
-        geo = check_geometry(self.run, height, width, num_frames)
+        req = parse_video_request(self.run, prompt=prompt, seed=seed, negative_prompt=negative_prompt, height=height,
+                                  width=width, num_frames=num_frames, fps=fps)
         timings: dict[str, float] = {}
         with _timed(timings, "text"):
-            context, negative = self.encode_text(prompt, negative_prompt)
+            context, negative = self.encode_text(req.prompt, req.negative_prompt)
         with _timed(timings, "dit"):
-            latents = self.denoiser(context, seed, geo.latent_shape, negative, should_stop=should_stop)
-        return self._finish(latents, fps, timings)
+            latents = self.engine.denoise(context, req.seed, req.geometry.latent_shape, negative_context=negative,
+                                          should_stop=should_stop)
+        return self._finish(latents, req, timings)
 
     def image_to_video(self, image: bytes, prompt: str, seed: int | None = None, height: int | None = None,
                        width: int | None = None, num_frames: int | None = None, fps: int | None = None,
                        negative_prompt: str | None = None, should_stop: Callable[[], bool] | None = None) -> VideoResult:
         if self.conditioner is None:
             raise InvalidRequest("IMAGE", "this deployment serves a text-to-video model; image-to-video needs an I2V model")
-        seed, fps = check_seed(seed, self.run), check_fps(fps, self.run)
-        geo = check_geometry(self.run, height, width, num_frames)
+        req = parse_video_request(self.run, prompt=prompt, seed=seed, negative_prompt=negative_prompt, height=height,
+                                  width=width, num_frames=num_frames, fps=fps, image=image, i2v=True)
         timings: dict[str, float] = {}
-        pil = self.conditioner.decode(image)
         with _timed(timings, "text"):
-            context, negative = self.encode_text(prompt, negative_prompt)
+            context, negative = self.encode_text(req.prompt, req.negative_prompt)
+        geo = req.geometry
         with _timed(timings, "image"):
-            cond = self.conditioner(pil, geo.height * geo.width, geo.num_frames)
+            cond = self.conditioner(req.picture, geo.height * geo.width, geo.num_frames)
         with _timed(timings, "dit"):
-            latents = self.denoiser(context, seed, tuple([16, *cond.y.shape[1:]]), negative, cond.clip_fea, cond.y,
-                                    should_stop=should_stop)
-        return self._finish(latents, fps, timings)
+            latents = self.engine.denoise(context, req.seed, (16, *cond.y.shape[1:]), negative_context=negative,
+                                          clip_fea=cond.clip_fea, y=cond.y, should_stop=should_stop)
+        return self._finish(latents, req, timings)
 
-    def _finish(self, latents: torch.Tensor, fps: int, timings: dict[str, float]) -> VideoResult:
+    def _finish(self, latents: torch.Tensor, req: VideoRequest, timings: dict[str, float]) -> VideoResult:
         with _timed(timings, "vae"):
-            frames = self.vae.decode_to_uint8(latents.to(self.denoiser.device)).cpu().numpy()
+            frames = self.vae.decode_to_uint8(latents.to(self.engine.device)).cpu().numpy()
         with _timed(timings, "mp4"):
-            mp4 = encode_mp4(frames, fps)
+            mp4 = encode_mp4(frames, req.fps)
         return VideoResult(frames, mp4, latents, timings)
 
 
@@ -304,6 +230,6 @@ class _timed:
         self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
 
 
-__all__ = ["Cancelled", "Denoiser", "ImageCondition", "ImageConditioner", "VideoResult", "WanPipeline",
-           "i2v_geometry", "i2v_mask", "load_denoiser", "load_image_encoder", "load_text_encoder",
+__all__ = ["ImageCondition", "ImageConditioner", "VideoResult", "WanPipeline",
+           "i2v_geometry", "i2v_mask", "load_engine", "load_image_encoder", "load_text_encoder",
            "load_vae_from_dir", "resolve_loras", "text_len_of"]

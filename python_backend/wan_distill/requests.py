@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -76,6 +76,45 @@ def check_fps(fps: int | None, run: RunConfig) -> int:
     if not 1 <= fps <= 120:
         raise InvalidRequest("FPS", f"must be in [1, 120], got {fps}")
     return fps
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """One generation request, every field checked and every default filled from the run config.
+
+    ``geometry``: the output size for T2V; for I2V its ``height * width`` is Wan's ``max_area`` and the image's aspect
+    ratio decides the final size. ``negative_prompt``: the unconditional text of a CFG run, None for distilled runs.
+    """
+
+    prompt: str
+    seed: int
+    geometry: Geometry
+    fps: int
+    negative_prompt: str | None = None
+    image: bytes | None = None                                   # I2V: the encoded image as sent
+    picture: Image.Image | None = field(default=None, compare=False, repr=False)  # I2V: decoded RGB
+
+
+def parse_video_request(run: RunConfig, *, prompt: bytes | str | None, seed: int | None = None,
+                        negative_prompt: bytes | str | None = None, height: int | None = None,
+                        width: int | None = None, num_frames: int | None = None, fps: int | None = None,
+                        image: bytes | None = None, i2v: bool = False, require_seed: bool = False) -> VideoRequest:
+    """Validate a request against ``run`` (limits, defaults). Raises :class:`InvalidRequest` naming the field.
+
+    ``require_seed``: served pipelines ask for an explicit SEED (same seed -> same video); in-process callers may omit
+    it and get the run config's ``seed``."""
+    text = decode_text("PROMPT", prompt)
+    negative = decode_text("NEGATIVE_PROMPT", negative_prompt, required=False)
+    if seed is None and require_seed:
+        raise InvalidRequest("SEED", "is required (an integer in [0, 2^63-1]; the same seed gives the same video)")
+    picture = None
+    if i2v:
+        picture = decode_image(image, run.max_image_pixels)
+    elif image is not None:
+        raise InvalidRequest("IMAGE", "is only accepted by image-to-video pipelines")
+    return VideoRequest(text, check_seed(seed, run), check_geometry(run, height, width, num_frames),
+                        check_fps(fps, run), (run.negative_prompt if negative is None else negative)
+                        if run.uses_cfg else None, bytes(image) if i2v else None, picture)
 
 
 def decode_image(data: bytes | None, max_pixels: int) -> Image.Image:

@@ -266,11 +266,27 @@ class WanDiT(nn.Module):
         return freqs
 
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """t [B] -> (e [B, D], e0 [B, 6, D]), both fp32."""
-        e = _linear_fp32(self.time_embedding[2], F.silu(_linear_fp32(
-            self.time_embedding[0], sinusoidal_embedding_1d(self.cfg.freq_dim, t).float())))
-        e0 = _linear_fp32(self.time_projection[1], F.silu(e)).unflatten(1, (6, self.cfg.dim))
-        return e, e0
+        """t [B] -> (e [B, D], e0 [B, 6, D]), both fp32.
+
+        Row by row: a [1, K] matmul may round differently from the same row inside a [B, K] one (CPU BLAS uses
+        another kernel for one row), and a request's output must not depend on what it was batched with."""
+        rows = []
+        for t_row in t.split(1):
+            e = _linear_fp32(self.time_embedding[2], F.silu(_linear_fp32(
+                self.time_embedding[0], sinusoidal_embedding_1d(self.cfg.freq_dim, t_row).float())))
+            rows.append((e, _linear_fp32(self.time_projection[1], F.silu(e))))
+        e, e0 = (torch.cat(parts) for parts in zip(*rows))
+        return e, e0.unflatten(1, (6, self.cfg.dim))
+
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, in_dim, F, H, W] -> tokens [B, L, D] fp32: ``patch_embedding`` (a Conv3d whose stride equals its
+        kernel) computed as one matmul over the flattened patches, which gives every batch row the same rounding
+        as when it runs alone (CPU conv kernels do not)."""
+        (pt, ph, pw), conv = self.cfg.patch_size, self.patch_embedding
+        b, c, nf, nh, nw = x.shape
+        patches = (x.to(self.dtype).reshape(b, c, nf // pt, pt, nh // ph, ph, nw // pw, pw)
+                   .permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw))
+        return F.linear(patches, conv.weight.flatten(1), conv.bias).float()
 
     def embed_context(self, context: torch.Tensor, clip_fea: torch.Tensor | None = None) -> torch.Tensor:
         """context [B, L<=text_len, text_dim] (+ clip_fea [B, 257, image_dim]) -> [B, (257 +) text_len, D]."""
@@ -309,7 +325,7 @@ class WanDiT(nn.Module):
         f, h, w = nf // pt, nh // ph, nw // pw
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
 
-        x = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).float()  # [B, L, D]
+        x = self.embed_patches(x)  # [B, L, D]
         e, e0 = self.embed_time(t)
         context = self.embed_context(context, clip_fea)
         freqs = self.rope(f, h, w, x.device)
