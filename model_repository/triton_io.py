@@ -1,7 +1,8 @@
 """Tensor plumbing shared by the model.py adapters (lives beside the models; imported after a sys.path insert).
 
 Every adapter: Triton tensors in -> one typed call into ``wan_distill`` -> Triton tensors out. A bad request becomes a
-per-request ``TritonError(INVALID_ARG)`` naming the field; a cancelled one ``CANCELLED``; the instance keeps serving.
+per-request ``TritonError(INVALID_ARG)`` naming the field; a cancelled one ``CANCELLED``; a full queue ``UNAVAILABLE``
+(clients retry it); the instance keeps serving. No torch here: the video encoder and request steps do without it.
 """
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from wan_distill.errors import InvalidRequest
-from wan_distill.pipeline import Cancelled
+from wan_distill.errors import Cancelled, InvalidRequest, Overloaded
 
 
 def scalar(request, name: str, required: bool = False):
@@ -46,22 +46,33 @@ def bytes_tensor(name: str, value: bytes) -> pb_utils.Tensor:
     return pb_utils.Tensor(name, np.array([value], dtype=np.object_))
 
 
+def error_response(exc: BaseException, model_name: str) -> pb_utils.InferenceResponse:
+    """The response for a failed request: INVALID_ARG naming the field, CANCELLED, UNAVAILABLE, or INTERNAL."""
+    if isinstance(exc, InvalidRequest):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+    if isinstance(exc, Cancelled):
+        pb_utils.Logger.log_info(f"{model_name}: {exc}")
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+            f"{model_name}: request cancelled ({exc})", pb_utils.TritonError.CANCELLED))
+    if isinstance(exc, Overloaded):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+            f"{model_name}: {exc}", pb_utils.TritonError.UNAVAILABLE))
+    pb_utils.Logger.log_error(f"{model_name}: {''.join(traceback.format_exception(exc))}")
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+        f"{model_name}: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL))
+
+
 def respond(requests, handle: Callable, model_name: str) -> list:
     """Run ``handle(request) -> list[pb_utils.Tensor]`` per request, turning failures into per-request errors."""
-    logger = pb_utils.Logger
     responses = []
     for request in requests:
         try:
             responses.append(pb_utils.InferenceResponse(output_tensors=handle(request)))
-        except InvalidRequest as e:
-            responses.append(pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
-        except Cancelled as e:
-            logger.log_info(f"{model_name}: {e}")
-            responses.append(pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"{model_name}: request cancelled ({e})", pb_utils.TritonError.CANCELLED)))
-        except Exception as e:  # a bug or a resource problem: report it, keep serving
-            logger.log_error(f"{model_name}: {traceback.format_exc()}")
-            responses.append(pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"{model_name}: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)))
+        except Exception as e:  # a bad request, or a bug / resource problem: report it, keep serving
+            responses.append(error_response(e, model_name))
     return responses
+
+
+def send_final(request, response: pb_utils.InferenceResponse) -> None:
+    """Send the one response of a request whose execute() returned early (the DiT's background engine)."""
+    request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

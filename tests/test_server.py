@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -36,11 +37,23 @@ def server_env(tiny_models, lora: bool = False) -> dict[str, str]:
     return demo_env(tiny_models["t2v"], tiny_models["i2v"], lora)
 
 
+BASELINE_NEGATIVE = "blurry, static, low quality"
+
+
 @pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory):
+def baseline_config(tmp_path_factory):
+    """The demo T2V baseline config with its own negative_prompt (served without NEGATIVE_PROMPT it must be used)."""
+    data = json.loads((DEMO / "wan_t2v_baseline_50step_cfg_demo.json").read_text())
+    path = tmp_path_factory.mktemp("configs") / "t2v_baseline_negative.json"
+    path.write_text(json.dumps({**data, "negative_prompt": BASELINE_NEGATIVE}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory, baseline_config):
     log = tmp_path_factory.mktemp("triton") / "server.log"
-    with TritonServer(ROOT / "model_repository", env=server_env(tiny_models), log_path=log,
-                      ready_timeout_s=300) as srv:
+    env = {**server_env(tiny_models), "WAN_T2V_BASELINE_CONFIG": str(baseline_config)}
+    with TritonServer(ROOT / "model_repository", env=env, log_path=log, ready_timeout_s=300) as srv:
         yield srv
 
 
@@ -138,14 +151,29 @@ def test_base_plus_lora_ensembles_equal_in_process(lora_server, tiny_models):
     assert np.array_equal(frames, ref.frames)
 
 
-def test_baseline_ensemble_equals_in_process(grpc, tiny_models):
+def test_baseline_ensemble_equals_in_process(grpc, tiny_models, baseline_config):
     items = inputs(b"a lighthouse", 2, **SMALL)
     neg = grpcclient.InferInput("NEGATIVE_PROMPT", [1], "BYTES")
     neg.set_data_from_numpy(np.array([b"blurry"], dtype=np.object_))
     _, frames = infer(grpc, "wan_t2v_baseline", items + [neg])
-    ref = in_process(tiny_models, "t2v", "wan_t2v_baseline_50step_cfg_demo.json").text_to_video(
-        "a lighthouse", seed=2, negative_prompt="blurry", **SMALL)
+    pipe = WanPipeline.from_model_dir(tiny_models["t2v"], RunConfig.from_json(baseline_config), device="cpu")
+    ref = pipe.text_to_video("a lighthouse", seed=2, negative_prompt="blurry", **SMALL)
     assert np.array_equal(frames, ref.frames)
+    # without NEGATIVE_PROMPT the run config's negative_prompt is used, exactly as in-process
+    _, frames = infer(grpc, "wan_t2v_baseline", items)
+    assert pipe.run.negative_prompt == BASELINE_NEGATIVE
+    assert np.array_equal(frames, pipe.text_to_video("a lighthouse", seed=2, **SMALL).frames)
+    assert not np.array_equal(frames, ref.frames)
+
+
+def test_concurrent_requests_share_dit_steps_and_equal_alone(grpc, server, tiny_models):
+    """Requests sent at once are batched step by step in the DiT; each video equals the in-process one alone."""
+    prompts = [(b"a red fox", 21), (b"a blue boat", 22), (b"green hills", 23)]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        results = list(pool.map(lambda p: infer(grpc, "wan_t2v", inputs(p[0], p[1], **SMALL))[1], prompts))
+    pipe = in_process(tiny_models, "t2v", "wan_t2v_distill_4step_demo.json")
+    for (prompt, seed), frames in zip(prompts, results):
+        assert np.array_equal(frames, pipe.text_to_video(prompt.decode(), seed=seed, **SMALL).frames), prompt
 
 
 def test_defaults_come_from_the_run_config(grpc):
@@ -167,6 +195,11 @@ BIG_PNG = make_png(width=4200, height=4100)
 
 @pytest.mark.parametrize("model,build,field", [
     ("wan_t2v", lambda: inputs(prompt=None), "PROMPT"),
+    ("wan_t2v", lambda: inputs(prompt=None, **SMALL), "PROMPT"),
+    ("wan_t2v", lambda: inputs(seed=None, **SMALL), "SEED"),
+    ("wan_i2v", lambda: inputs(seed=None, image=make_png(), **SMALL), "SEED"),
+    ("wan_i2v", lambda: inputs(prompt=None, image=make_png(), **SMALL), "PROMPT"),
+    ("wan_t2v_baseline", lambda: inputs(seed=None, **SMALL), "SEED"),
     ("wan_i2v", lambda: inputs(**SMALL), "IMAGE"),
     ("wan_i2v", lambda: inputs(image=b"\x89PNG garbage", **SMALL), "IMAGE"),
     ("wan_i2v", lambda: inputs(image=BIG_PNG, **SMALL), "IMAGE"),
@@ -178,7 +211,8 @@ BIG_PNG = make_png(width=4200, height=4100)
     ("wan_i2v", lambda: inputs(image=make_png(), height=32, width=48, num_frames=8), "NUM_FRAMES"),
     ("wan_t2v", lambda: inputs(seed=-5, **SMALL), "SEED"),
     ("wan_t2v", lambda: inputs(**SMALL, fps=0), "FPS"),
-], ids=["no-prompt", "i2v-no-image", "bad-image", "huge-image", "non-utf8", "height-16", "width-range",
+], ids=["no-prompt", "no-prompt-with-sizes", "t2v-no-seed", "i2v-no-seed", "i2v-no-prompt", "baseline-no-seed",
+        "i2v-no-image", "bad-image", "huge-image", "non-utf8", "height-16", "width-range",
         "frames-4k1", "frames-range", "i2v-frames", "negative-seed", "fps"])
 def test_bad_input_is_invalid_argument_and_server_keeps_serving(grpc, model, build, field):
     with pytest.raises(InferenceServerException) as e:
@@ -215,7 +249,7 @@ def test_timed_out_request_stops_the_dit_between_steps(server):
     """A 50-step CFG run at a larger size is cut by the client's deadline: the DiT logs that it stopped before one of
     its 50 steps (not after the last), and the instance serves the next request."""
     big = dict(height=480, width=832, num_frames=33)
-    marker = re.compile(r"wan_t2v_dit_baseline: cancelled before denoising step (\d+)")
+    marker = re.compile(r"wan_t2v_dit_baseline: timed out \(request timeout [^)]*\) before denoising step (\d+)")
     before = len(marker.findall(server.log_tail(2000)))
     with WanClient(server.grpc_url, retries=0) as client:
         with pytest.raises(RequestTimeoutError):

@@ -24,8 +24,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .config import ConfigError, RunConfig
 
 
@@ -35,30 +33,29 @@ class Deployment:
     model_dir: Path
     run: RunConfig
     device: torch.device
+    params: dict[str, str]  # config.pbtxt parameters (string values)
+
+    def int_param(self, key: str, default: int) -> int:
+        """An integer ``parameters`` entry of config.pbtxt (``default`` when absent or empty)."""
+        value = self.params.get(key, "")
+        try:
+            return int(value) if value != "" else default
+        except ValueError:
+            raise ConfigError(f"{self.name}: parameter {key} must be an integer, got {value!r}") from None
 
     @classmethod
     def from_triton_args(cls, args: dict[str, str]) -> Deployment:
-        name = args.get("model_name", "model")
-        params = {k: v.get("string_value", "") for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
-        root = Path(args["model_repository"]).resolve().parent.parent  # <root>/model_repository/<model>
-        where = f"model_repository/{name}/config.pbtxt"
-
-        model_path, model_src = _setting(params, "model_path", where)
+        name, run, params = run_config_from_triton_args(args)
+        model_path, model_src = _setting(params, "model_path", _where(name))
         if not model_path:
             raise ConfigError(f"{name}: no model directory configured: set {model_src} to a Wan2.1 model root "
                               "(the folder with config.json and the weights)")
-        model_dir = _absolute(model_path, root)
+        model_dir = _absolute(model_path, _root(args))
         if not (model_dir / "config.json").is_file():
             raise ConfigError(f"{name}: {model_dir} (from {model_src}) is not a Wan2.1 model directory: "
                               "config.json is missing")
 
-        config_path, config_src = _setting(params, "config_json", where)
-        if not config_path:
-            raise ConfigError(f"{name}: no run config: set {config_src} to a LightX2V config JSON")
-        config_file = _absolute(config_path, root)
-        if not config_file.is_file():
-            raise ConfigError(f"{name}: run config {config_file} (from {config_src}) does not exist")
-        run = RunConfig.from_json(config_file)
+        import torch  # not at module level: the request-step process reads run configs without torch
 
         threads = int(os.environ.get("WAN_NUM_THREADS") or params.get("num_threads") or 0)
         if threads > 0:
@@ -69,7 +66,29 @@ class Deployment:
             device = torch.device(os.environ.get("WAN_DEVICE") or "cpu")
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ConfigError(f"{name}: WAN_DEVICE={os.environ['WAN_DEVICE']} but no CUDA device is visible")
-        return cls(name, model_dir, run, device)
+        return cls(name, model_dir, run, device, params)
+
+
+def run_config_from_triton_args(args: dict[str, str]) -> tuple[str, RunConfig, dict[str, str]]:
+    """(model name, run config, parameters) of a model that needs a run config but no weights (the request step)."""
+    name = args.get("model_name", "model")
+    params = {k: v.get("string_value", "") for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+    config_path, config_src = _setting(params, "config_json", _where(name))
+    if not config_path:
+        raise ConfigError(f"{name}: no run config: set {config_src} to a LightX2V config JSON")
+    config_file = _absolute(config_path, _root(args))
+    if not config_file.is_file():
+        raise ConfigError(f"{name}: run config {config_file} (from {config_src}) does not exist")
+    return name, RunConfig.from_json(config_file), params
+
+
+def _root(args: dict[str, str]) -> Path:
+    """The project root: args["model_repository"] is <root>/model_repository/<model>."""
+    return Path(args["model_repository"]).resolve().parent.parent
+
+
+def _where(name: str) -> str:
+    return f"model_repository/{name}/config.pbtxt"
 
 
 def _setting(params: dict[str, str], key: str, where: str) -> tuple[str, str]:

@@ -1,0 +1,1 @@
+../../wan_t2v_request/1/model.py

@@ -1,0 +1,296 @@
+"""The Triton model repository from one spec: every ``model_repository/*/config.pbtxt`` is rendered from here.
+
+    python -m wan_distill.serving.repository            # rewrite model_repository/*/config.pbtxt
+    python -m wan_distill.serving.repository --check    # exit 1 and name the files that differ (a test runs this)
+
+Adding an input to the DiTs or the pipelines is one edit below. Each pipeline is an ensemble::
+
+    wan_t2v : <pipeline>_request -> wan_text_encoder -> wan_t2v_dit -> wan_vae_decoder -> wan_video_encoder
+    wan_i2v : <pipeline>_request -> wan_text_encoder + wan_image_encoder -> wan_i2v_dit -> wan_vae_decoder -> ...
+
+The request step validates every client input and resolves every default from the pipeline's run config before
+anything fans out, so the composing models only ever see explicit, checked values.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+__all__ = ["Io", "Step", "ModelSpec", "Pipeline", "PIPELINES", "repository", "render", "write_repository"]
+
+
+@dataclass(frozen=True)
+class Io:
+    """One input or output tensor of a model."""
+
+    name: str
+    dtype: str  # Triton type without the TYPE_ prefix: STRING, INT64, FP32, UINT8
+    dims: tuple[int, ...]
+    optional: bool = False
+    note: str = ""
+
+    def opt(self, note: str = "") -> Io:
+        return replace(self, optional=True, note=note or self.note)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ensemble step: composing-model tensor name -> ensemble tensor name."""
+
+    model: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    inputs: tuple[Io, ...]
+    outputs: tuple[Io, ...]
+    platform: str = "python"          # "python" (python backend) or "ensemble"
+    params: tuple[tuple[str, str, str], ...] = ()  # (key, value, comment)
+    steps: tuple[Step, ...] = ()
+    adapter: str = ""                 # model folder whose 1/model.py serves this model (shared adapters are symlinks)
+    instance_kind: str = "KIND_CPU"
+    instance_count: int = 1
+    header: str = ""                  # comment lines at the top
+
+
+def _scalar(name: str, dtype: str = "INT64") -> Io:
+    return Io(name, dtype, (1,))
+
+
+PROMPT, NEGATIVE_PROMPT, IMAGE = _scalar("PROMPT", "STRING"), _scalar("NEGATIVE_PROMPT", "STRING"), _scalar("IMAGE", "STRING")
+SEED, HEIGHT, WIDTH, NUM_FRAMES, FPS = (_scalar(n) for n in ("SEED", "HEIGHT", "WIDTH", "NUM_FRAMES", "FPS"))
+TEXT_EMBEDDING = Io("TEXT_EMBEDDING", "FP32", (-1, -1))
+NEGATIVE_TEXT_EMBEDDING = Io("NEGATIVE_TEXT_EMBEDDING", "FP32", (-1, -1))
+CLIP_FEATURE = Io("CLIP_FEATURE", "FP32", (257, -1))
+IMAGE_LATENT = Io("IMAGE_LATENT", "FP32", (20, -1, -1, -1))
+LATENTS = Io("LATENTS", "FP32", (16, -1, -1, -1))
+FRAMES = Io("FRAMES", "UINT8", (-1, -1, -1, 3))
+VIDEO_MP4 = _scalar("VIDEO_MP4", "STRING")
+
+THREADS = ("num_threads", "0", "torch threads; 0 = all cores; $WAN_NUM_THREADS overrides")
+
+
+def _weights(model_path_env: str, config_json: str, config_json_env: str) -> tuple[tuple[str, str, str], ...]:
+    return (("model_path", "", ""), ("model_path_env", model_path_env, ""), ("config_json", config_json, ""),
+            ("config_json_env", config_json_env, ""))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One served pipeline: an ensemble, its request step and its DiT (T2V or I2V, distilled or 50/40-step CFG)."""
+
+    task: str       # "t2v" | "i2v"
+    baseline: bool
+
+    @property
+    def name(self) -> str:
+        return f"wan_{self.task}" + ("_baseline" if self.baseline else "")
+
+    @property
+    def dit(self) -> str:
+        return f"wan_{self.task}_dit" + ("_baseline" if self.baseline else "")
+
+    @property
+    def request(self) -> str:
+        return f"{self.name}_request"
+
+    @property
+    def is_i2v(self) -> bool:
+        return self.task == "i2v"
+
+    @property
+    def client_inputs(self) -> tuple[Io, ...]:
+        """What a client sends (all optional in the config: the request step names whatever is missing)."""
+        return (PROMPT, *((IMAGE,) if self.is_i2v else ()), SEED, NEGATIVE_PROMPT, HEIGHT, WIDTH, NUM_FRAMES, FPS)
+
+    @property
+    def run_config(self) -> tuple[str, str]:
+        """(default run config, environment variable overriding it)."""
+        if self.baseline:
+            steps = "40step" if self.is_i2v else "50step"
+            return (f"configs/baseline/wan_{self.task}_baseline_{steps}_cfg.json",
+                    f"WAN_{self.task.upper()}_BASELINE_CONFIG")
+        return f"configs/distill/wan_{self.task}_distill_4step_cfg.json", f"WAN_{self.task.upper()}_CONFIG"
+
+
+PIPELINES = tuple(Pipeline(task, baseline) for baseline in (False, True) for task in ("t2v", "i2v"))
+
+
+def _request_model(p: Pipeline) -> ModelSpec:
+    config, env = p.run_config
+    inputs = tuple(io.opt() for io in p.client_inputs)
+    return ModelSpec(
+        p.request, inputs, tuple(io for io in p.client_inputs), adapter="wan_t2v_request",
+        params=(("config_json", config, ""), ("config_json_env", env, "")),
+        header=f"# First step of {p.name}: validates every client input (INVALID_ARGUMENT naming the field) and fills\n"
+               "# the defaults from the run config, before anything fans out. No torch in this process.")
+
+
+def _dit_model(p: Pipeline) -> ModelSpec:
+    config, env = p.run_config
+    optional = (NEGATIVE_TEXT_EMBEDDING, HEIGHT, WIDTH, NUM_FRAMES, CLIP_FEATURE, IMAGE_LATENT)
+    return ModelSpec(
+        p.dit, (TEXT_EMBEDDING, SEED, *(io.opt() for io in optional)), (LATENTS,), adapter="wan_t2v_dit",
+        params=(*_weights(f"WAN_{p.task.upper()}_MODEL_PATH", config, env), THREADS,
+                ("max_jobs_per_call", "4", "requests whose steps share one DiT call (same geometry)"),
+                ("max_wait_ms", "2", "an idle engine waits this long for more requests before a step starts"),
+                ("max_queued_jobs", "32", "requests waiting for a slot beyond this get UNAVAILABLE at once")),
+        header="# One background denoising engine per instance: execute() hands each request over and returns, the\n"
+               "# engine advances all running requests step by step, batching the steps of requests of one geometry.")
+
+
+def _ensemble(p: Pipeline) -> ModelSpec:
+    checked = {io.name: io.name.lower() for io in p.client_inputs}  # request step outputs -> ensemble tensors
+    text_in, text_out = {"PROMPT": "prompt"}, {"TEXT_EMBEDDING": "text_embedding"}
+    dit_in = {"TEXT_EMBEDDING": "text_embedding", "SEED": "seed"}
+    if p.baseline:
+        text_in["NEGATIVE_PROMPT"] = "negative_prompt"
+        text_out["NEGATIVE_TEXT_EMBEDDING"] = dit_in["NEGATIVE_TEXT_EMBEDDING"] = "negative_text_embedding"
+    else:
+        del checked["NEGATIVE_PROMPT"]  # a distilled run has no unconditional branch
+    encoders = [Step("wan_text_encoder", text_in, text_out)]
+    if p.is_i2v:
+        encoders.append(Step("wan_image_encoder", {"IMAGE": "image", "HEIGHT": "height", "WIDTH": "width",
+                                                   "NUM_FRAMES": "num_frames"},
+                             {"CLIP_FEATURE": "clip_feature", "IMAGE_LATENT": "image_latent"}))
+        dit_in.update(CLIP_FEATURE="clip_feature", IMAGE_LATENT="image_latent")
+    else:
+        dit_in.update(HEIGHT="height", WIDTH="width", NUM_FRAMES="num_frames")
+    steps = (Step(p.request, {io.name: io.name for io in p.client_inputs}, checked), *encoders,
+             Step(p.dit, dit_in, {"LATENTS": "latents"}),
+             Step("wan_vae_decoder", {"LATENTS": "latents"}, {"FRAMES": "frames"}),
+             Step("wan_video_encoder", {"FRAMES": "frames", "FPS": "fps"},
+                  {"VIDEO_MP4": "VIDEO_MP4", "FRAMES_OUT": "FRAMES"},
+                  note="FRAMES leaves through the last step: an ensemble output that also feeds a later step is not\n"
+                       "produced when the client does not ask for it (Triton 2.51 then reports a deadlock)."))
+    return ModelSpec(p.name, tuple(io.opt() for io in p.client_inputs), (VIDEO_MP4, FRAMES), platform="ensemble",
+                     steps=steps,
+                     header="# Every input is optional here so that a missing one reaches the request step, which answers\n"
+                            "# INVALID_ARGUMENT naming it (Triton 2.51's ensemble would otherwise stall and report a deadlock).")
+
+
+def repository() -> list[ModelSpec]:
+    """Every model of model_repository/, in a stable order."""
+    text = ModelSpec(
+        "wan_text_encoder", (PROMPT, NEGATIVE_PROMPT.opt()), (TEXT_EMBEDDING, NEGATIVE_TEXT_EMBEDDING),
+        adapter="wan_text_encoder",
+        params=(*_weights("WAN_TEXT_ENCODER_MODEL_PATH,WAN_T2V_MODEL_PATH,WAN_I2V_MODEL_PATH",
+                          "configs/distill/wan_t2v_distill_4step_cfg.json", "WAN_T2V_CONFIG"), THREADS),
+        header="# The same UMT5 file ships in every Wan2.1 model root; the first variable that is set wins.")
+    image = ModelSpec(
+        "wan_image_encoder", (IMAGE.opt("absent -> INVALID_ARGUMENT naming IMAGE"), HEIGHT.opt(), WIDTH.opt(),
+                              NUM_FRAMES.opt()), (CLIP_FEATURE, IMAGE_LATENT), adapter="wan_image_encoder",
+        params=(*_weights("WAN_I2V_MODEL_PATH", "configs/distill/wan_i2v_distill_4step_cfg.json", "WAN_I2V_CONFIG"),
+                THREADS))
+    vae = ModelSpec(
+        "wan_vae_decoder", (LATENTS,), (FRAMES,), adapter="wan_vae_decoder",
+        params=(*_weights("WAN_VAE_MODEL_PATH,WAN_T2V_MODEL_PATH,WAN_I2V_MODEL_PATH",
+                          "configs/distill/wan_t2v_distill_4step_cfg.json", "WAN_T2V_CONFIG"), THREADS),
+        header="# The same Wan2.1_VAE.pth ships in every Wan2.1 model root; the first variable that is set wins.")
+    video = ModelSpec(
+        "wan_video_encoder", (FRAMES, FPS.opt()), (VIDEO_MP4, replace(FRAMES, name="FRAMES_OUT")),
+        adapter="wan_video_encoder",
+        params=(("default_fps", "16", ""), ("crf", "23", ""), ("preset", "medium", "")))
+    models = [text, image, vae, video]
+    for p in PIPELINES:
+        models += [_request_model(p), _dit_model(p), _ensemble(p)]
+    return sorted(models, key=lambda m: m.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------
+def _io(io: Io) -> tuple[str, str]:
+    dims = ", ".join(str(d) for d in io.dims)
+    line = f'{{ name: "{io.name}" data_type: TYPE_{io.dtype} dims: [ {dims} ]{" optional: true" if io.optional else ""} }}'
+    return line, io.note
+
+
+def _block(key: str, items: list[tuple[str, str]]) -> list[str]:
+    out = [f"{key} ["]
+    for i, (line, note) in enumerate(items):
+        sep = "," if i < len(items) - 1 else ""
+        out.append(f"  {line}{sep}" + (f"  # {note}" if note else ""))
+    return out + ["]"]
+
+
+def render(spec: ModelSpec) -> str:
+    """config.pbtxt text of one model."""
+    lines = [spec.header] if spec.header else []
+    lines.append(f'name: "{spec.name}"')
+    lines.append('platform: "ensemble"' if spec.platform == "ensemble" else 'backend: "python"')
+    lines.append("max_batch_size: 0")
+    lines += _block("input", [_io(io) for io in spec.inputs])
+    lines += _block("output", [_io(io) for io in spec.outputs])
+    if spec.platform == "ensemble":
+        lines += ["ensemble_scheduling {", "  step ["]
+        for i, step in enumerate(spec.steps):
+            lines += ["    {", f'      model_name: "{step.model}"', "      model_version: -1"]
+            lines += [f'      input_map {{ key: "{k}" value: "{v}" }}' for k, v in step.inputs.items()]
+            lines += [f"      # {n}" for n in step.note.splitlines()]
+            lines += [f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in step.outputs.items()]
+            lines.append("    }" + ("," if i < len(spec.steps) - 1 else ""))
+        lines += ["  ]", "}"]
+    else:
+        lines.append(f"instance_group [ {{ count: {spec.instance_count} kind: {spec.instance_kind} }} ]")
+        for key, value, note in spec.params:
+            lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+                         + (f"  # {note}" if note else ""))
+    return "\n".join(lines) + "\n"
+
+
+def write_repository(root: Path, check: bool = False) -> list[Path]:
+    """Render every config.pbtxt (and the version folder's model.py link) under ``root``. Returns the files that
+    differed (``check``: nothing is written)."""
+    stale = []
+    for spec in repository():
+        folder = root / spec.name
+        cfg = folder / "config.pbtxt"
+        text = render(spec)
+        if not cfg.is_file() or cfg.read_text() != text:
+            stale.append(cfg)
+            if not check:
+                folder.mkdir(parents=True, exist_ok=True)
+                cfg.write_text(text)
+        version = folder / "1"
+        if spec.platform == "ensemble":
+            marker = version / ".gitkeep"
+            if not marker.exists():
+                stale.append(marker)
+                if not check:
+                    version.mkdir(parents=True, exist_ok=True)
+                    marker.touch()
+            continue
+        link = version / "model.py"
+        if spec.adapter != spec.name:
+            target = Path("..") / ".." / spec.adapter / "1" / "model.py"
+            if not (link.is_symlink() and Path(link.readlink()) == target):
+                stale.append(link)
+                if not check:
+                    version.mkdir(parents=True, exist_ok=True)
+                    link.unlink(missing_ok=True)
+                    link.symlink_to(target)
+        elif not link.is_file():
+            stale.append(link)  # an adapter's own model.py is written by hand
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[3] / "model_repository")
+    ap.add_argument("--check", action="store_true", help="only report files that differ from the spec")
+    a = ap.parse_args(argv)
+    stale = write_repository(a.out, check=a.check)
+    for path in stale:
+        print(f"{'stale' if a.check else 'wrote'}: {path}")
+    return 1 if (a.check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
