@@ -219,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         print(render(a.upstream, f"127.0.0.1:{a.port}", a.prefix, a.max_fails, a.fail_timeout), end="")
         return 0
     lb = NginxBalancer(a.upstream, a.prefix, a.port, a.max_fails, a.fail_timeout)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         lb.start()
         print(f"[balancer] nginx (pid {lb.pid}) on {lb.grpc_url} -> {', '.join(lb.upstreams)}; "
