@@ -47,7 +47,13 @@ def status_name(status: str | None) -> str | None:
 
 
 def from_triton(exc: Exception, model: str | None = None, attempts: int = 1) -> WanClientError:
-    """tritonclient's InferenceServerException -> the matching :class:`WanClientError` subclass."""
+    """tritonclient's InferenceServerException -> the matching :class:`WanClientError` subclass.
+
+    One INTERNAL is a transport failure, not a server verdict: an HTTP/2 proxy (nginx) whose upstream dies after
+    the response headers went out can only reset the stream (RST_STREAM INTERNAL_ERROR, code 2), which gRPC
+    reports as INTERNAL; a direct connection losing its server is UNAVAILABLE. It becomes UNAVAILABLE (retried)."""
     code = status_name(exc.status()) if hasattr(exc, "status") else None
     message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    if code == "INTERNAL" and "RST_STREAM with error code 2" in (message or ""):
+        code = "UNAVAILABLE"
     return _BY_CODE.get(code, ServerError)(message or str(exc), code=code, model=model, attempts=attempts)
