@@ -9,6 +9,7 @@ Stages (each one Triton model in the served ensembles):
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from .models.dit import WanDiT
 from .models.image_encoder import WanImageEncoder
 from .models.text_encoder import WanTextEncoder
 from .models.vae import VAE_FILE, WanVAE, load_vae
+from .parallel import SequenceParallelDiT
 from .requests import Geometry, check_fps, check_geometry, check_seed, decode_image
 from .schedulers.flow_match import make_baseline_scheduler
 from .schedulers.step_distill import StepDistillScheduler
@@ -126,9 +128,9 @@ class ImageConditioner:
 class Denoiser:
     """Runs the DiT over the sampler's steps: 4 steps without CFG for distilled runs, N steps with CFG for baselines."""
 
-    def __init__(self, dit: WanDiT, run: RunConfig, device: torch.device):
+    def __init__(self, dit: WanDiT | SequenceParallelDiT, run: RunConfig, device: torch.device):
         self.dit, self.run, self.device = dit, run, device
-        self.dtype = next(dit.parameters()).dtype
+        self.dtype = dit.dtype
         self.distill = (StepDistillScheduler(run.denoising_step_list, run.sample_shift, update=run.distill_update)
                         if run.is_distill else None)
 
@@ -216,12 +218,27 @@ def load_vae_from_dir(model_dir: Path, device: torch.device) -> WanVAE:
     return load_vae(path, device=device, dtype=torch.float32)
 
 
-def load_denoiser(model_dir: Path, run: RunConfig, device: torch.device) -> Denoiser:
+def load_run_dit(model_dir: Path, run: RunConfig, device: torch.device) -> WanDiT:
+    """The DiT of a run in this process: its weights (LoRAs merged), bf16 on GPU / fp32 on CPU, compiled if asked."""
     model_dir = Path(model_dir)
     dit = load_dit(model_dir, resolve_loras(run, model_dir), device=device, dtype=default_dtype(device))
     if run.compile_dit:
         dit.compile_blocks()
-    return Denoiser(dit, run, device)
+    return dit
+
+
+def load_dit_for_run(model_dir: Path, run: RunConfig, device: torch.device) -> WanDiT | SequenceParallelDiT:
+    """``run.sp_size`` 1: :func:`load_run_dit`; more: a :class:`SequenceParallelDiT` led by this process, whose
+    ``sp_size - 1`` workers load the DiT with the same call (close it with ``.close()``; it also stops on exit)."""
+    if run.sp_size == 1:
+        return load_run_dit(model_dir, run, device)
+    model_dir = Path(model_dir)
+    return SequenceParallelDiT(functools.partial(load_run_dit, model_dir, run), run.sp_size, device,
+                               cfg=DiTConfig.from_json(model_dir / "config.json"))
+
+
+def load_denoiser(model_dir: Path, run: RunConfig, device: torch.device) -> Denoiser:
+    return Denoiser(load_dit_for_run(model_dir, run, device), run, device)
 
 
 def text_len_of(model_dir: Path, run: RunConfig) -> int:
@@ -305,5 +322,5 @@ class _timed:
 
 
 __all__ = ["Cancelled", "Denoiser", "ImageCondition", "ImageConditioner", "VideoResult", "WanPipeline",
-           "i2v_geometry", "i2v_mask", "load_denoiser", "load_image_encoder", "load_text_encoder",
-           "load_vae_from_dir", "resolve_loras", "text_len_of"]
+           "i2v_geometry", "i2v_mask", "load_denoiser", "load_dit_for_run", "load_image_encoder", "load_run_dit",
+           "load_text_encoder", "load_vae_from_dir", "resolve_loras", "text_len_of"]
