@@ -146,7 +146,7 @@ class LoraSpec:
 _IGNORED_LIGHTX2V_KEYS = {
     "self_attn_1_type", "cross_attn_1_type", "cross_attn_2_type", "attention_type", "cpu_offload",
     "offload_granularity", "offload_ratio", "t5_cpu_offload", "t5_offload_granularity", "lazy_load",
-    "unload_modules", "use_tiling_vae", "use_tiny_vae", "use_tae", "tiny_vae_path", "tae_pth", "parallel",
+    "unload_modules", "use_tiling_vae", "use_tiny_vae", "use_tae", "tiny_vae_path", "tae_pth",
     "parallel_attn_type", "parallel_vae", "seq_parallel", "mm_config", "rotary_chunk", "rotary_chunk_size",
     "clean_cuda_cache", "torch_compile", "feature_caching", "teacache_thresh", "use_ret_steps", "coefficients",
     "t5_quantized", "t5_quant_scheme", "clip_quantized", "clip_quant_scheme", "use_prompt_enhancer",
@@ -185,6 +185,7 @@ class RunConfig:
     # ours
     distill_update: Literal["renoise", "euler"] = "renoise"
     compile_dit: bool = False
+    sp_size: int = 1  # Ulysses sequence-parallel processes per DiT forward (LightX2V: parallel.seq_p_size)
     sample_solver: Literal["unipc", "euler"] = "unipc"
     negative_prompt: str = WAN_NEGATIVE_PROMPT
     fps: int = 16
@@ -228,6 +229,11 @@ class RunConfig:
                 raise ConfigError(f"{src}: {key} must be a multiple of 16, got {getattr(self, key)}")
         if not 1 <= self.fps <= 120:
             raise ConfigError(f"{src}: fps must be in [1, 120], got {self.fps}")
+        if self.sp_size < 1:
+            raise ConfigError(f"{src}: sp_size must be >= 1, got {self.sp_size}")
+        if self.sp_size > 1 and self.compile_dit:
+            raise ConfigError(f"{src}: compile_dit is not supported with sp_size > 1 (the all-to-alls inside each "
+                              "block are not compiled); set one of them off")
 
     @property
     def is_distill(self) -> bool:
@@ -255,6 +261,7 @@ class RunConfig:
         if data.get("feature_caching", "NoCaching") != "NoCaching":
             raise ConfigError(f"{source}: feature_caching {data['feature_caching']!r} is incompatible with "
                               "step-distilled sampling; remove it or set 'NoCaching'")
+        _parallel_to_sp_size(data, source)
         if "fps" not in data:
             for alias in ("target_fps", "sample_fps"):
                 if alias in data:
@@ -297,8 +304,49 @@ class RunConfig:
 
 
 _INT_KEYS = {"infer_steps", "target_video_length", "target_height", "target_width", "seed", "fps",
-             "max_height", "max_width", "max_frames", "max_image_pixels"}
+             "max_height", "max_width", "max_frames", "max_image_pixels", "sp_size"}
 _FLOAT_KEYS = {"sample_shift", "sample_guide_scale"}
+
+
+_ULYSSES_ATTN_TYPES = ("ulysses", "ulysses-4090")  # the same all-to-all algorithm (-4090: over send/recv pairs)
+
+
+def _parallel_to_sp_size(data: dict[str, Any], source: str) -> None:
+    """``"parallel": {"seq_p_size": N, "seq_p_attn_type": "ulysses"}`` -> ``sp_size`` N (in place).
+
+    Refused: other sequence-parallel attention types (ring, ...), CFG and tensor parallelism, quantized
+    (fp8 / fp4) communication, and an ``sp_size`` that contradicts ``seq_p_size``. Keys that only tune LightX2V's
+    own kernels (seq_p_head_parallel, seq_p_tensor_fusion, ...) are logged as ignored.
+    """
+    parallel = data.pop("parallel", None)
+    if parallel in (None, False) or parallel == {}:
+        return
+    if not isinstance(parallel, dict):
+        raise ConfigError(f"{source}: parallel must be an object such as "
+                          f'{{"seq_p_size": 2, "seq_p_attn_type": "ulysses"}}, or false; got {parallel!r}')
+    size = parallel.get("seq_p_size", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"{source}: parallel.seq_p_size must be an integer >= 1, got {size!r}")
+    attn = parallel.get("seq_p_attn_type", "ulysses")
+    if size > 1 and attn not in _ULYSSES_ATTN_TYPES:
+        raise ConfigError(f"{source}: parallel.seq_p_attn_type {attn!r} is not supported: this server implements "
+                          "Ulysses sequence parallelism only (\"ulysses\"); ring and other attention types are not")
+    for key, what in (("cfg_p_size", "CFG parallelism"), ("tensor_p_size", "tensor parallelism")):
+        if parallel.get(key, 1) not in (1, None):
+            raise ConfigError(f"{source}: parallel.{key} {parallel[key]!r} ({what}) is not supported; "
+                              "use parallel.seq_p_size (sp_size) only")
+    for key in ("seq_p_fp8_comm", "seq_p_fp4_comm", "seq_p_quant_scheme"):
+        if parallel.get(key):
+            raise ConfigError(f"{source}: parallel.{key} (quantized all-to-all) is not supported: the exchange "
+                              "carries the activations' own dtype")
+    known = {"seq_p_size", "seq_p_attn_type", "cfg_p_size", "tensor_p_size", "seq_p_fp8_comm", "seq_p_fp4_comm",
+             "seq_p_quant_scheme"}
+    _log_ignored_once(source, [f"parallel.{k}" for k in parallel if k not in known])
+    if "seq_p_size" in parallel:
+        if "sp_size" in data and data["sp_size"] != size:
+            raise ConfigError(f"{source}: sp_size ({data['sp_size']!r}) contradicts parallel.seq_p_size ({size}); "
+                              "give one of them")
+        data["sp_size"] = size
 
 
 def _check_types(kwargs: dict[str, Any], source: str) -> None:

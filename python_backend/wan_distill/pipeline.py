@@ -9,6 +9,7 @@ Stages (each one Triton model in the served ensembles):
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .models.dit import WanDiT
 from .models.image_encoder import WanImageEncoder
 from .models.text_encoder import WanTextEncoder
 from .models.vae import VAE_FILE, WanVAE, load_vae
+from .parallel import SequenceParallelDiT
 from .requests import Geometry, VideoRequest, decode_image, parse_video_request
 from .video import encode_mp4
 
@@ -141,13 +143,29 @@ def load_vae_from_dir(model_dir: Path, device: torch.device) -> WanVAE:
     return load_vae(path, device=device, dtype=torch.float32)
 
 
-def load_engine(model_dir: Path, run: RunConfig, device: torch.device, max_jobs_per_call: int = 4) -> DenoiseEngine:
-    """The DiT of ``model_dir`` (weights chosen by ``run``) behind a denoising engine on ``device``."""
+def load_run_dit(model_dir: Path, run: RunConfig, device: torch.device) -> WanDiT:
+    """The DiT of a run in this process: its weights (LoRAs merged), bf16 on GPU / fp32 on CPU, compiled if asked."""
     model_dir = Path(model_dir)
     dit = load_dit(model_dir, resolve_loras(run, model_dir), device=device, dtype=default_dtype(device))
     if run.compile_dit:
         dit.compile_blocks()
-    return DenoiseEngine(dit, run, device, max_jobs_per_call)
+    return dit
+
+
+def load_dit_for_run(model_dir: Path, run: RunConfig, device: torch.device) -> WanDiT | SequenceParallelDiT:
+    """``run.sp_size`` 1: :func:`load_run_dit`; more: a :class:`SequenceParallelDiT` led by this process, whose
+    ``sp_size - 1`` workers load the DiT with the same call (close it with ``.close()``; it also stops on exit)."""
+    if run.sp_size == 1:
+        return load_run_dit(model_dir, run, device)
+    model_dir = Path(model_dir)
+    return SequenceParallelDiT(functools.partial(load_run_dit, model_dir, run), run.sp_size, device,
+                               cfg=DiTConfig.from_json(model_dir / "config.json"))
+
+
+def load_engine(model_dir: Path, run: RunConfig, device: torch.device, max_jobs_per_call: int = 4) -> DenoiseEngine:
+    """The DiT of ``model_dir`` (weights chosen by ``run``; a sequence-parallel group when ``run.sp_size`` > 1)
+    behind a denoising engine on ``device``."""
+    return DenoiseEngine(load_dit_for_run(model_dir, run, device), run, device, max_jobs_per_call)
 
 
 def text_len_of(model_dir: Path, run: RunConfig) -> int:
@@ -231,5 +249,5 @@ class _timed:
 
 
 __all__ = ["ImageCondition", "ImageConditioner", "VideoResult", "WanPipeline",
-           "i2v_geometry", "i2v_mask", "load_engine", "load_image_encoder", "load_text_encoder",
-           "load_vae_from_dir", "resolve_loras", "text_len_of"]
+           "i2v_geometry", "i2v_mask", "load_dit_for_run", "load_engine", "load_image_encoder", "load_run_dit",
+           "load_text_encoder", "load_vae_from_dir", "resolve_loras", "text_len_of"]

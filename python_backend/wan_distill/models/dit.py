@@ -8,10 +8,16 @@ embedding and RoPE are computed in float64; the big linears and attention run in
 
 Shapes: B batch, C latent channels, F/H/W latent frames/height/width, f/h/w patch grid (F, H/2, W/2),
 L = f*h*w video tokens, D = dim, n heads, d = head_dim, Lc context tokens.
+
+Sequence-parallel seam: ``WanDiT.sequence_parallel`` (default None: every token stays in this process, nothing
+changes) maps L to a token layout with three methods, ``shard`` (after the patch embedding), ``attend`` (around
+self-attention) and ``gather`` (after the head); :class:`LocalTokens` is the identity layout and
+``wan_distill.parallel`` the Ulysses one.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -19,7 +25,7 @@ import torch.nn.functional as F
 
 from ..config import DiTConfig
 
-__all__ = ["WanDiT", "sinusoidal_embedding_1d", "rope_dims", "rope_freqs", "rope_apply"]
+__all__ = ["WanDiT", "LocalTokens", "attention", "sinusoidal_embedding_1d", "rope_dims", "rope_freqs", "rope_apply"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,6 +86,28 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return out.transpose(1, 2).flatten(2)
 
 
+class LocalTokens:
+    """Token layout of a single-process forward: all L tokens here, plain attention (the seam's identity, no cost).
+
+    A sequence-parallel layout has the same three methods: ``shard`` x [B, L, D], freqs [L, 1, d/2] -> this
+    process's tokens; ``attend`` q/k/v [B, L', n, d] (RoPE applied) -> [B, L', n*d] over the whole sequence;
+    ``gather`` [B, L', C] -> [B, L, C].
+    """
+
+    @staticmethod
+    def shard(x: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, freqs
+
+    attend = staticmethod(attention)
+
+    @staticmethod
+    def gather(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+LOCAL_TOKENS = LocalTokens()
+
+
 def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """A small linear computed in float32 whatever the weights' dtype (time embedding, head)."""
     bias = None if layer.bias is None else layer.bias.float()
@@ -128,13 +156,13 @@ class WanSelfAttention(nn.Module):
         self.norm_q = WanRMSNorm(dim, eps=eps)
         self.norm_k = WanRMSNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-        """x [B, L, D], freqs complex [L, 1, d/2] -> [B, L, D]."""
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, attend=attention) -> torch.Tensor:
+        """x [B, L, D], freqs complex [L, 1, d/2] -> [B, L, D]; ``attend`` is the token layout's attention."""
         b, s, n, d = *x.shape[:2], self.num_heads, self.head_dim
         q = self.norm_q(self.q(x)).view(b, s, n, d)
         k = self.norm_k(self.k(x)).view(b, s, n, d)
         v = self.v(x).view(b, s, n, d)
-        return self.o(attention(rope_apply(q, freqs), rope_apply(k, freqs), v))
+        return self.o(attend(rope_apply(q, freqs), rope_apply(k, freqs), v))
 
 
 class WanT2VCrossAttention(WanSelfAttention):
@@ -186,11 +214,11 @@ class WanAttentionBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
-                freqs: torch.Tensor) -> torch.Tensor:
+                freqs: torch.Tensor, attend=attention) -> torch.Tensor:
         """x [B, L, D] fp32 residual stream, e0 [B, 6, D] fp32, context [B, Lc, D] -> [B, L, D] fp32."""
         dt = self.modulation.dtype
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + e0).chunk(6, dim=1)
-        y = self.self_attn((self.norm1(x) * (1 + scale_sa) + shift_sa).to(dt), freqs)
+        y = self.self_attn((self.norm1(x) * (1 + scale_sa) + shift_sa).to(dt), freqs, attend)
         x = x + y.float() * gate_sa
         x = x + self.cross_attn(self.norm3(x).to(dt), context).float()
         y = self.ffn((self.norm2(x) * (1 + scale_ff) + shift_ff).to(dt))
@@ -232,6 +260,8 @@ class WanDiT(nn.Module):
 
     Builds on any device, including meta (``with torch.device("meta"): WanDiT(cfg)``). RoPE tables are
     not parameters: they are built on first use per (f, h, w) grid and device and cached on the instance.
+    ``sequence_parallel``: None, or a callable L -> token layout (see :class:`LocalTokens`) set by a
+    sequence-parallel group on each of its ranks.
     """
 
     _ROPE_CACHE_SIZE = 8
@@ -250,6 +280,7 @@ class WanDiT(nn.Module):
         if cfg.is_i2v:
             self.img_emb = MLPProj(cfg.image_dim, dim)
         self._rope_cache: dict[tuple, torch.Tensor] = {}
+        self.sequence_parallel: Callable[[int], LocalTokens] | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -291,17 +322,39 @@ class WanDiT(nn.Module):
     def embed_context(self, context: torch.Tensor, clip_fea: torch.Tensor | None = None) -> torch.Tensor:
         """context [B, L<=text_len, text_dim] (+ clip_fea [B, 257, image_dim]) -> [B, (257 +) text_len, D]."""
         cfg = self.cfg
-        b, n_txt, c = context.shape
-        if c != cfg.text_dim or n_txt > cfg.text_len:
-            raise ValueError(f"context must be [B, <= {cfg.text_len}, {cfg.text_dim}], got {list(context.shape)}")
-        context = F.pad(context.to(self.dtype), (0, 0, 0, cfg.text_len - n_txt))
+        context = F.pad(context.to(self.dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
         context = self.text_embedding(context)
         if cfg.is_i2v:
-            if clip_fea is None or clip_fea.ndim != 3 or clip_fea.shape[-1] != cfg.image_dim:
-                got = None if clip_fea is None else list(clip_fea.shape)
-                raise ValueError(f"an i2v model needs clip_fea [B, 257, {cfg.image_dim}], got {got}")
             context = torch.cat([self.img_emb(clip_fea.to(self.dtype)), context], dim=1)
         return context
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                     clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None) -> None:
+        """Raise ValueError naming the first malformed input of :meth:`forward`, before any computation (a
+        sequence-parallel leader checks a call this way before its workers see it)."""
+        cfg = self.cfg
+        if cfg.is_i2v:
+            if y is None:
+                raise ValueError("an i2v model needs y [B, 20, F, H, W] (mask + image latent)")
+            if x.ndim != 5 or y.ndim != 5 or (x.shape[0], *x.shape[2:]) != (y.shape[0], *y.shape[2:]):
+                raise ValueError(f"x {list(x.shape)} and y {list(y.shape)} must share B, F, H, W")
+            x_shape = [x.shape[0], x.shape[1] + y.shape[1], *x.shape[2:]]
+        else:
+            x_shape = list(x.shape)
+        if len(x_shape) != 5 or x_shape[1] != cfg.in_dim:
+            raise ValueError(f"x (+ y) must be [B, {cfg.in_dim}, F, H, W], got {x_shape}")
+        b, (nf, nh, nw) = x_shape[0], x_shape[2:]
+        if nf % cfg.patch_size[0] or nh % cfg.patch_size[1] or nw % cfg.patch_size[2]:
+            raise ValueError(f"latent F/H/W {nf}/{nh}/{nw} must be multiples of patch_size {cfg.patch_size}")
+        if t.numel() not in (1, b):
+            raise ValueError(f"t must hold 1 or B = {b} timesteps, got shape {list(t.shape)}")
+        if (context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.text_dim
+                or context.shape[1] > cfg.text_len):
+            raise ValueError(f"context must be [B = {b}, <= {cfg.text_len}, {cfg.text_dim}], got {list(context.shape)}")
+        if cfg.is_i2v and (clip_fea is None or clip_fea.ndim != 3 or clip_fea.shape[0] != b
+                           or clip_fea.shape[-1] != cfg.image_dim):
+            got = None if clip_fea is None else list(clip_fea.shape)
+            raise ValueError(f"an i2v model needs clip_fea [B = {b}, 257, {cfg.image_dim}], got {got}")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -311,27 +364,23 @@ class WanDiT(nn.Module):
         (zero-padded here); i2v: clip_fea [B, 257, image_dim], y [B, 20, F, H, W] (mask 4 + image latent 16).
         Returns [B, out_dim, F, H, W] float32.
         """
+        self.check_inputs(x, t, context, clip_fea, y)
         cfg = self.cfg
         if cfg.is_i2v:
-            if y is None:
-                raise ValueError("an i2v model needs y [B, 20, F, H, W] (mask + image latent)")
             x = torch.cat([x, y.to(x.dtype)], dim=1)
-        if x.ndim != 5 or x.shape[1] != cfg.in_dim:
-            raise ValueError(f"x (+ y) must be [B, {cfg.in_dim}, F, H, W], got {list(x.shape)}")
         pt, ph, pw = cfg.patch_size
         b, _, nf, nh, nw = x.shape
-        if nf % pt or nh % ph or nw % pw:
-            raise ValueError(f"latent F/H/W {nf}/{nh}/{nw} must be multiples of patch_size {cfg.patch_size}")
         f, h, w = nf // pt, nh // ph, nw // pw
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
+        tokens = LOCAL_TOKENS if self.sequence_parallel is None else self.sequence_parallel(f * h * w)
 
         x = self.embed_patches(x)  # [B, L, D]
         e, e0 = self.embed_time(t)
         context = self.embed_context(context, clip_fea)
-        freqs = self.rope(f, h, w, x.device)
+        x, freqs = tokens.shard(x, self.rope(f, h, w, x.device))  # this process's tokens and their rotations
         for block in self.blocks:
-            x = block(x, e0, context, freqs)
-        x = self.head(x, e)  # [B, L, out*pt*ph*pw]
+            x = block(x, e0, context, freqs, tokens.attend)
+        x = tokens.gather(self.head(x, e))  # [B, L, out*pt*ph*pw]
         return self.unpatchify(x, (f, h, w))
 
     def compile_blocks(self, **options) -> WanDiT:
