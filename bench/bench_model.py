@@ -112,6 +112,28 @@ def start_server(env: dict[str, str], models: list[str], name: str, repository: 
     return TritonServer(repository or ROOT / "model_repository", env=env, log_path=log, extra_args=extra, ready_timeout_s=900)
 
 
+def repository_copy(name: str, params: dict[str, str], only: str = "") -> Path:
+    """bench/out/model_repository_<name>: model_repository/ with config.pbtxt ``parameters`` set to ``params`` in every
+    python model whose name contains ``only`` (model.py files symlinked)."""
+    import re
+    import shutil
+    src, dst = ROOT / "model_repository", OUT / f"model_repository_{name}"
+    if dst.exists():
+        shutil.rmtree(dst)
+    for model in sorted(p for p in src.iterdir() if (p / "config.pbtxt").is_file()):
+        (dst / model.name / "1").mkdir(parents=True)
+        cfg = (model / "config.pbtxt").read_text()
+        if 'backend: "python"' in cfg:
+            (dst / model.name / "1" / "model.py").symlink_to((model / "1" / "model.py").resolve())
+            if only in model.name:
+                for key, value in params.items():
+                    line = f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+                    cfg, n = re.subn(rf'^parameters {{ key: "{key}" .*$', line, cfg, flags=re.M)
+                    cfg += "" if n else line + "\n"
+        (dst / model.name / "config.pbtxt").write_text(cfg)
+    return dst
+
+
 STAT_KEYS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 
 

@@ -15,29 +15,12 @@ import csv
 import os
 import subprocess
 import sys
-import shutil
 import time
-from pathlib import Path
 
 from bench_model import (OUT, ROOT, bench_env, demo_env, emit, ensure_bench_model, ensure_demo_models, header, mib,
-                         process_tree, snapshot, spec_line, start_server, stats_delta, total)
+                         process_tree, repository_copy, snapshot, spec_line, start_server, stats_delta, total)
 
 STEPS = ["wan_t2v", "wan_text_encoder", "wan_t2v_dit", "wan_vae_decoder", "wan_video_encoder"]
-
-
-def threads_repository(threads: int) -> Path:
-    """A copy of model_repository/ (configs copied, model.py symlinked) whose python models set ``num_threads``."""
-    src, dst = ROOT / "model_repository", OUT / f"model_repository_threads{threads}"
-    if dst.exists():
-        shutil.rmtree(dst)
-    for model in sorted(p for p in src.iterdir() if (p / "config.pbtxt").is_file()):
-        (dst / model.name / "1").mkdir(parents=True)
-        cfg = (model / "config.pbtxt").read_text()
-        if 'backend: "python"' in cfg:
-            cfg += f'parameters {{ key: "num_threads" value: {{ string_value: "{threads}" }} }}\n'
-            (dst / model.name / "1" / "model.py").symlink_to((model / "1" / "model.py").resolve())
-        (dst / model.name / "config.pbtxt").write_text(cfg)
-    return dst
 
 
 def run_pa(url: str, concurrency: int, count: int, csv_path) -> dict[str, float]:
@@ -70,7 +53,7 @@ def main() -> int:
     from wan_client import WanClient
 
     rows, rss = [], {}
-    repo = threads_repository(a.threads) if a.threads else None
+    repo = repository_copy(f"threads{a.threads}", {"num_threads": str(a.threads)}) if a.threads else None
     with start_server(env, ["wan_t2v"], f"load_test-{a.model}", repository=repo) as srv:
         grpc = grpcclient.InferenceServerClient(srv.grpc_url)
         rss["after load (idle)"] = process_tree(srv.pid)

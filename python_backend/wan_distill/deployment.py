@@ -23,8 +23,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ConfigError, RunConfig
+
+if TYPE_CHECKING:  # torch is imported where a device is made: the request-step process runs without it
+    import torch
 
 
 @dataclass(frozen=True)

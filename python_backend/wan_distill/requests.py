@@ -28,23 +28,23 @@ class Geometry:
         return (16, (self.num_frames - 1) // 4 + 1, self.height // 8, self.width // 8)
 
 
-def decode_text(field: str, raw: bytes | str | None, required: bool = True) -> str | None:
+def decode_text(name: str, raw: bytes | str | None, required: bool = True) -> str | None:
     """UTF-8 bytes from a BYTES tensor -> str."""
     if raw is None:
         if required:
-            raise InvalidRequest(field, "is required")
+            raise InvalidRequest(name, "is required")
         return None
     if isinstance(raw, str):
         text = raw
     else:
         if len(raw) > MAX_PROMPT_BYTES:
-            raise InvalidRequest(field, f"must be at most {MAX_PROMPT_BYTES} bytes, got {len(raw)}")
+            raise InvalidRequest(name, f"must be at most {MAX_PROMPT_BYTES} bytes, got {len(raw)}")
         try:
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise InvalidRequest(field, f"must be valid UTF-8 ({e.reason} at byte {e.start})") from None
+            raise InvalidRequest(name, f"must be valid UTF-8 ({e.reason} at byte {e.start})") from None
     if "\x00" in text:
-        raise InvalidRequest(field, "must not contain NUL characters")
+        raise InvalidRequest(name, "must not contain NUL characters")
     return text
 
 
@@ -63,9 +63,9 @@ def check_geometry(run: RunConfig, height: int | None = None, width: int | None 
     h = run.target_height if height is None else int(height)
     w = run.target_width if width is None else int(width)
     f = run.target_video_length if num_frames is None else int(num_frames)
-    for field, value, limit in (("HEIGHT", h, run.max_height), ("WIDTH", w, run.max_width)):
+    for name, value, limit in (("HEIGHT", h, run.max_height), ("WIDTH", w, run.max_width)):
         if value % 16 or not 16 <= value <= limit:
-            raise InvalidRequest(field, f"must be a multiple of 16 in [16, {limit}], got {value}")
+            raise InvalidRequest(name, f"must be a multiple of 16 in [16, {limit}], got {value}")
     if (f - 1) % 4 or not 1 <= f <= run.max_frames:
         raise InvalidRequest("NUM_FRAMES", f"must be of the form 4k+1 in [1, {run.max_frames}], got {f}")
     return Geometry(h, w, f)
