@@ -44,6 +44,9 @@ class TritonPythonModel:
 
     def finalize(self):
         self.batcher.close()
+        close = getattr(self.engine.dit, "close", None)  # a sequence-parallel group stops its workers
+        if close is not None:
+            close()
 
     def _job(self, request):
         run = self.deployment.run
