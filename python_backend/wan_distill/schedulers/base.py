@@ -4,9 +4,9 @@
     for i, t in enumerate(sampler.timesteps):     # t: the DiT's timestep input at step i
         x = sampler.step(i, x, flow_pred(x, t), state)
 
-``step`` maps latents at noise level ``sigmas[i]`` to ``sigmas[i + 1]`` (the last step returns the clean latents). One
-sampler instance holds only its tables and serves every request of a deployment; CFG is applied by the caller to the
-flow prediction before ``step``. Samplers trust :class:`~wan_distill.config.RunConfig`, which validated the run.
+:func:`wan_distill.schedulers.make_sampler` builds the sampler a run config describes. ``step`` maps latents at noise
+level ``sigmas[i]`` to ``sigmas[i + 1]`` (the last step returns the clean latents). One sampler instance holds only its
+tables and serves every request of a deployment; CFG is applied by the caller to the flow prediction before ``step``. Samplers trust :class:`~wan_distill.config.RunConfig`, which validated the run.
 """
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from typing import Protocol
 
 import torch
 
-from ..config import RunConfig
-
-__all__ = ["Sampler", "SamplerState", "make_sampler"]
+__all__ = ["Sampler", "SamplerState"]
 
 
 @dataclass
@@ -36,15 +34,3 @@ class Sampler(Protocol):
     def new_state(self, generator: torch.Generator | None = None) -> SamplerState: ...
 
     def step(self, i: int, x_t: torch.Tensor, flow_pred: torch.Tensor, state: SamplerState) -> torch.Tensor: ...
-
-
-def make_sampler(run: RunConfig) -> Sampler:
-    """The sampler a run config describes: the warped few-step distill schedule, or Wan's UniPC / Euler baseline."""
-    from .flow_match import FlowEulerScheduler, FlowUniPCScheduler
-    from .step_distill import StepDistillScheduler
-
-    if run.is_distill:
-        return StepDistillScheduler(run.denoising_step_list, run.sample_shift, update=run.distill_update)
-    if run.sample_solver == "unipc":
-        return FlowUniPCScheduler(run.infer_steps, run.sample_shift)
-    return FlowEulerScheduler(run.infer_steps, run.sample_shift)
