@@ -53,11 +53,12 @@ for p in (ROOT / "python_backend", ROOT / "client", ROOT / "scripts"):
 
 from wan_distill.config import DiTConfig, RunConfig  # noqa: E402
 from wan_distill.loaders.checkpoint import find_dit_weights, load_state_dict_file  # noqa: E402
-from wan_distill.models.image_encoder import CLIP_FILE, CLIP_MEAN, CLIP_STD, load_clip_vision  # noqa: E402
-from wan_distill.models.text_encoder import T5_FILE, TOKENIZER_DIR, load_tokenizer, load_umt5_encoder  # noqa: E402
+from wan_distill.loaders.image_encoder import load_clip_vision  # noqa: E402
+from wan_distill.loaders.layout import CLIP_FILE, T5_FILE, TOKENIZER_DIR, VAE_FILE  # noqa: E402
+from wan_distill.loaders.text_encoder import load_tokenizer, load_umt5_encoder  # noqa: E402
+from wan_distill.models.image_encoder import CLIP_MEAN, CLIP_STD  # noqa: E402
 from wan_distill.pipeline import WanPipeline as OurPipeline  # noqa: E402
 from wan_distill.schedulers.step_distill import StepDistillScheduler  # noqa: E402
-from wan_distill.models.vae import VAE_FILE  # noqa: E402
 from wan_distill.tiny import TinySpec, write_demo_checkpoints, write_model_dir  # noqa: E402
 
 STEP_LIST = (1000, 750, 500, 250)

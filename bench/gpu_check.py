@@ -315,8 +315,9 @@ def dit_breakdown(model, x, ctx, grid, device) -> dict:
 def build_text_encoder(args, device):
     from transformers import UMT5EncoderModel
 
-    from wan_distill.models.text_encoder import (WanTextEncoder, _umt5_config, load_tokenizer, umt5_xxl_config,
-                                                 write_tiny_tokenizer)
+    from wan_distill.loaders.text_encoder import load_tokenizer
+    from wan_distill.models.text_encoder import WanTextEncoder, _umt5_config, umt5_xxl_config
+    from wan_distill.tiny import write_tiny_tokenizer
 
     tok_dir = Path(tempfile.mkdtemp(prefix="wan_tok_")) / "google" / "umt5-xxl"
     write_tiny_tokenizer(tok_dir)

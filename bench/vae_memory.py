@@ -30,7 +30,8 @@ def _to_uint8(video):
 
 def run_case(args) -> dict:
     import torch
-    from wan_distill.models.vae import WanVAE, load_vae
+    from wan_distill.loaders.vae import load_vae
+    from wan_distill.models.vae import WanVAE
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)

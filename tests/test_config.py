@@ -67,7 +67,16 @@ def test_seed_document_keys(tmp_path):
     ({"denoising_step_list": [1200, 750, 500, 250]}, "integers in [1, 1000]"),
     ({"target_video_length": 80}, "4k+1"),
     ({"target_height": 470}, "multiple of 16"),
-    ({"dit_quantized": True}, "not supported"),
+    ({"dit_quantized": True}, "dit_quant_scheme 'Default' is not supported with dit_quantized; use one of"),
+    ({"dit_quantized": True, "dit_quant_scheme": "nvfp4"}, "dit_quant_scheme 'nvfp4' is not supported"),
+    ({"dit_quantized": True, "dit_quant_scheme": "fp8-b128-deepgemm"}, "per-output-channel fp8 / int8"),
+    ({"dit_quant_scheme": "fp8-sgl"}, "dit_quant_scheme 'fp8-sgl' needs dit_quantized true"),
+    ({"dit_quantized_ckpt": "q.safetensors"}, "dit_quantized_ckpt is set but dit_quantized is false"),
+    ({"dit_quantized": "yes", "dit_quant_scheme": "fp8-sgl"}, "dit_quantized must be true or false"),
+    ({"dit_quantized": True, "dit_quant_scheme": 8}, "dit_quant_scheme must be a string"),
+    ({"use_tae": 1}, "use_tae must be true or false"),
+    ({"need_scaled": "no"}, "need_scaled must be true, false or null"),
+    ({"use_tiny_vae": True, "use_tae": False}, "use_tiny_vae (True) and use_tae (False) disagree"),
     ({"feature_caching": "Tea"}, "incompatible"),
     ({"sample_shift": "5"}, "sample_shift must be a number"),
     ({"lora_configs": [{"strength": 1.0}]}, "needs a 'path'"),
@@ -79,6 +88,45 @@ def test_contradictions_are_named(patch, needle):
     with pytest.raises(ConfigError) as e:
         RunConfig.from_dict({**base, **patch}, source="x.json")
     assert needle in str(e.value) and "x.json" in str(e.value)
+
+
+# LightX2V's configs/distill files that quantize the DiT, as published (the keys this server reads).
+LIGHTX2V_FP8 = {"infer_steps": 4, "target_video_length": 81, "text_len": 512, "target_height": 480, "target_width": 832,
+                "self_attn_1_type": "flash_attn3", "sample_guide_scale": 6, "sample_shift": 5, "enable_cfg": False,
+                "cpu_offload": False, "offload_granularity": "model", "denoising_step_list": [1000, 750, 500, 250],
+                "dit_quantized": True, "dit_quant_scheme": "fp8-sgl",
+                "dit_quantized_ckpt": "lightx2v/Wan2.1-Distill-Models/"
+                                      "wan2.1_t2v_14b_scaled_fp8_e4m3_lightx2v_4step.safetensors"}
+LIGHTX2V_4090 = {"infer_steps": 4, "target_video_length": 81, "target_height": 480, "target_width": 832,
+                 "self_attn_1_type": "sage_attn2", "sample_guide_scale": 5, "sample_shift": 5, "enable_cfg": False,
+                 "cpu_offload": True, "offload_granularity": "block", "t5_cpu_offload": False,
+                 "denoising_step_list": [1000, 750, 500, 250], "dit_quantized": True, "dit_quant_scheme": "fp8-q8f",
+                 "t5_quantized": True, "t5_quant_scheme": "fp8-q8f", "clip_quantized": True,
+                 "clip_quant_scheme": "fp8-q8f",
+                 "lora_configs": [{"path": "lightx2v/Wan2.1-Distill-Loras/"
+                                           "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors", "strength": 1.0}]}
+
+
+def test_lightx2v_quantized_configs_load(tmp_path):
+    fp8 = RunConfig.from_dict(LIGHTX2V_FP8, source="wan_t2v_distill_fp8_4step_cfg.json", base_dir=tmp_path)
+    assert fp8.dit_quantized and fp8.dit_quant_format == "fp8" and fp8.is_distill
+    assert fp8.dit_quantized_ckpt == Path(LIGHTX2V_FP8["dit_quantized_ckpt"])     # kept as given: not under base_dir
+    card = RunConfig.from_dict(LIGHTX2V_4090, source="wan_i2v_distill_lora_4step_cfg_4090.json")
+    assert card.dit_quant_format == "fp8" and card.dit_quantized_ckpt is None and len(card.lora_configs) == 1
+    int8 = RunConfig.from_dict({**LIGHTX2V_FP8, "dit_quant_scheme": "int8-vllm"})
+    assert int8.dit_quant_format == "int8"
+    assert RunConfig().dit_quant_format is None and not RunConfig().use_tae
+    (tmp_path / "q.safetensors").write_bytes(b"")
+    rel = RunConfig.from_dict({**LIGHTX2V_FP8, "dit_quantized_ckpt": "q.safetensors"}, base_dir=tmp_path)
+    assert rel.dit_quantized_ckpt == tmp_path / "q.safetensors"                   # beside the config file
+
+
+def test_tiny_decoder_keys(tmp_path):
+    (tmp_path / "taew2_1.pth").write_bytes(b"")
+    new = RunConfig.from_dict({"use_tae": True, "tae_path": "taew2_1.pth"}, base_dir=tmp_path)
+    old = RunConfig.from_dict({"use_tiny_vae": True, "tiny_vae_path": "taew2_1.pth"}, base_dir=tmp_path)
+    assert new.use_tae and old.use_tae and new.tae_path == old.tae_path == tmp_path / "taew2_1.pth"
+    assert new.need_scaled is None and RunConfig.from_dict({"need_scaled": True}).need_scaled is True
 
 
 def test_dit_config_from_wan_config_json(tmp_path):

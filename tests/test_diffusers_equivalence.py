@@ -71,8 +71,8 @@ def test_t2v_matches_diffusers(tiny_models):
 def small_clip_i2v(tmp_path_factory):
     """The tiny I2V model with a 64 px CLIP (patch 16, 17 tokens) instead of 224 px, so that image == video size ==
     CLIP size stays cheap (the benchmark runs the demo model itself at 224x224)."""
-    from wan_distill.models.image_encoder import CLIP_FILE, write_tiny_clip
-    from wan_distill.tiny import TinySpec, write_model_dir
+    from wan_distill.loaders.layout import CLIP_FILE
+    from wan_distill.tiny import TinySpec, write_model_dir, write_tiny_clip
 
     spec = TinySpec()
     root = write_model_dir(tmp_path_factory.mktemp("i2v_clip64") / "Wan2.1-I2V-tiny", "i2v", spec, seed=100)

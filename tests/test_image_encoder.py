@@ -6,10 +6,11 @@ import torch
 
 from reference_encoders import clip_visual_reference
 from wan_distill.errors import CheckpointError
-from wan_distill.models.image_encoder import (
-    CLIP_FILE, WanImageEncoder, clip_vision_config_from_wan, load_clip_vision, vit_h_14_config, wan_clip_to_hf,
-    write_tiny_clip,
-)
+from wan_distill.loaders.image_encoder import load_clip_vision, load_image_encoder
+from wan_distill.loaders.layout import CLIP_FILE
+from wan_distill.models.image_encoder import (WanImageEncoder, clip_vision_config_from_wan, vit_h_14_config,
+                                              wan_clip_to_hf)
+from wan_distill.tiny import write_tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def tiny_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(tiny_file):
-    return WanImageEncoder.from_model_dir(tiny_file.parent)
+    return load_image_encoder(tiny_file.parent)
 
 
 def wan_clip_real_visual_keys() -> dict[str, tuple[int, ...]]:
@@ -131,7 +132,7 @@ def test_missing_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="nope.pth"):
         load_clip_vision(tmp_path / "nope.pth")
     with pytest.raises(CheckpointError, match=CLIP_FILE.replace(".", r"\.")):
-        WanImageEncoder.from_model_dir(tmp_path)
+        load_image_encoder(tmp_path)
 
 
 def test_bad_image_shape(encoder):

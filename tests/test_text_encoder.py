@@ -9,10 +9,11 @@ import torch
 
 from reference_encoders import t5_encoder_reference, t5_relative_bucket
 from wan_distill.errors import CheckpointError
-from wan_distill.models.text_encoder import (
-    T5_FILE, TOKENIZER_DIR, WanTextEncoder, clean_prompt, hf_t5_to_wan, load_tokenizer, load_umt5_encoder,
-    umt5_config_from_wan, umt5_xxl_config, wan_t5_to_hf, write_tiny_tokenizer, write_tiny_umt5,
-)
+from wan_distill.loaders.layout import T5_FILE, TOKENIZER_DIR
+from wan_distill.loaders.text_encoder import load_text_encoder, load_tokenizer, load_umt5_encoder
+from wan_distill.models.text_encoder import (clean_prompt, hf_t5_to_wan, umt5_config_from_wan, umt5_xxl_config,
+                                             wan_t5_to_hf)
+from wan_distill.tiny import write_tiny_tokenizer, write_tiny_umt5
 
 PROMPTS = ["a red fox runs through the snow", "一只狐狸在雪地里奔跑，夕阳下的海边", ""]
 
@@ -28,7 +29,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(model_dir):
-    return WanTextEncoder.from_model_dir(model_dir, text_len=24)
+    return load_text_encoder(model_dir, text_len=24)
 
 
 def sp_ids(model_dir, text):
@@ -108,10 +109,10 @@ def test_hf_directory_loads_same_model(model_dir, encoder, tmp_path):
         b = wan(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(a, b)
     assert wan.shared.weight is wan.encoder.embed_tokens.weight
-    # from_model_dir prefers <dir>/umt5-xxl (HF format) when there is no .pth
+    # load_text_encoder prefers <dir>/umt5-xxl (HF format) when there is no .pth
     import shutil
     shutil.copytree(model_dir / TOKENIZER_DIR, tmp_path / TOKENIZER_DIR)
-    enc = WanTextEncoder.from_model_dir(tmp_path, text_len=24)
+    enc = load_text_encoder(tmp_path, text_len=24)
     for x, y in zip(enc.encode(PROMPTS), encoder.encode(PROMPTS)):
         torch.testing.assert_close(x, y)
 
@@ -210,7 +211,7 @@ def test_missing_files_are_named(tmp_path, model_dir):
     with pytest.raises(CheckpointError, match=r"junk\.pth: refused to load: not a weights-only checkpoint"):
         load_umt5_encoder(tmp_path / "junk.pth")
     with pytest.raises(CheckpointError, match=r"models_t5_umt5-xxl-enc-bf16\.pth.*tokenizer dir"):
-        WanTextEncoder.from_model_dir(tmp_path)
+        load_text_encoder(tmp_path)
     (tmp_path / T5_FILE).write_bytes((model_dir / T5_FILE).read_bytes())
     with pytest.raises(CheckpointError, match="google/umt5-xxl"):
-        WanTextEncoder.from_model_dir(tmp_path)
+        load_text_encoder(tmp_path)

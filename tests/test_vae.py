@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from wan_distill.errors import CheckpointError
-from wan_distill.models.vae import WanVAE, load_vae
+from wan_distill.loaders.vae import load_vae
+from wan_distill.models.vae import WanVAE
 
 # Latent statistics as published with Wan2.1's VAE, used to check ours and diffusers' defaults.
 NOTES_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,

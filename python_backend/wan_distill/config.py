@@ -146,13 +146,18 @@ class LoraSpec:
 _IGNORED_LIGHTX2V_KEYS = {
     "self_attn_1_type", "cross_attn_1_type", "cross_attn_2_type", "attention_type", "cpu_offload",
     "offload_granularity", "offload_ratio", "t5_cpu_offload", "t5_offload_granularity", "lazy_load",
-    "unload_modules", "use_tiling_vae", "use_tiny_vae", "use_tae", "tiny_vae_path", "tae_pth",
+    "unload_modules", "use_tiling_vae",
     "parallel_attn_type", "parallel_vae", "seq_parallel", "mm_config", "rotary_chunk", "rotary_chunk_size",
     "clean_cuda_cache", "torch_compile", "feature_caching", "teacache_thresh", "use_ret_steps", "coefficients",
     "t5_quantized", "t5_quant_scheme", "clip_quantized", "clip_quant_scheme", "use_prompt_enhancer",
     "vae_stride", "patch_size", "num_channels_latents", "fps", "target_fps", "sample_fps", "use_bfloat16",
     "model_cls", "task", "do_mm_calib", "enable_profiling_debug", "audio_sr", "changing_resolution",
 }
+
+# dit_quant_scheme values (LightX2V's names) whose files hold per-output-row symmetric fp8 / int8 linear weights.
+# The kernel part of the name (sgl, vllm, q8f, ...) picks LightX2V's GEMM; here fp8 runs torch._scaled_mm on CUDA.
+DIT_QUANT_SCHEMES = {f"{fmt}-{kernel}": fmt for fmt in ("fp8", "int8")
+                     for kernel in ("sgl", "vllm", "q8f", "triton", "torchao")}
 
 
 # Wan2.1's default negative prompt for CFG sampling (wan/configs/shared_config.py ``sample_neg_prompt``).
@@ -182,6 +187,12 @@ class RunConfig:
     text_len: int | None = None
     lora_configs: tuple[LoraSpec, ...] = ()
     dit_original_ckpt: Path | None = None
+    dit_quantized: bool = False
+    dit_quantized_ckpt: Path | None = None
+    dit_quant_scheme: str = "Default"
+    use_tae: bool = False
+    tae_path: Path | None = None
+    need_scaled: bool | None = None
     # ours
     distill_update: Literal["renoise", "euler"] = "renoise"
     compile_dit: bool = False
@@ -234,6 +245,14 @@ class RunConfig:
         if self.sp_size > 1 and self.compile_dit:
             raise ConfigError(f"{src}: compile_dit is not supported with sp_size > 1 (the all-to-alls inside each "
                               "block are not compiled); set one of them off")
+        if self.dit_quantized and self.dit_quant_scheme not in DIT_QUANT_SCHEMES:
+            raise ConfigError(
+                f"{src}: dit_quant_scheme {self.dit_quant_scheme!r} is not supported with dit_quantized; use one of "
+                f"{', '.join(sorted(DIT_QUANT_SCHEMES))} (per-output-channel fp8 / int8 weights)")
+        if not self.dit_quantized and self.dit_quant_scheme != "Default":
+            raise ConfigError(f"{src}: dit_quant_scheme {self.dit_quant_scheme!r} needs dit_quantized true")
+        if not self.dit_quantized and self.dit_quantized_ckpt is not None:
+            raise ConfigError(f"{src}: dit_quantized_ckpt is set but dit_quantized is false")
 
     @property
     def is_distill(self) -> bool:
@@ -245,6 +264,11 @@ class RunConfig:
         return self.enable_cfg
 
     @property
+    def dit_quant_format(self) -> str | None:
+        """``"fp8"`` / ``"int8"`` when the config asks for a quantized DiT (``dit_quantized``), else None."""
+        return DIT_QUANT_SCHEMES[self.dit_quant_scheme] if self.dit_quantized else None
+
+    @property
     def num_dit_calls(self) -> int:
         """DiT evaluations per video: one per step, two with CFG."""
         return self.infer_steps * (2 if self.enable_cfg else 1)
@@ -253,9 +277,12 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> RunConfig:
         data = dict(data)
         names = {f.name for f in dataclasses.fields(cls)} - {"source"}
-        if data.get("dit_quantized"):
-            raise ConfigError(f"{source}: dit_quantized checkpoints (fp8/int8) are not supported; "
-                              "use the bf16 distilled checkpoint or base model + distill LoRA")
+        for old, new in (("use_tiny_vae", "use_tae"), ("tiny_vae_path", "tae_path")):  # older LightX2V names
+            if old in data:
+                value = data.pop(old)
+                if new in data and data[new] != value:
+                    raise ConfigError(f"{source}: {old} ({value!r}) and {new} ({data[new]!r}) disagree")
+                data[new] = value
         if data.get("enable_dynamic_cfg"):
             raise ConfigError(f"{source}: enable_dynamic_cfg (guidance-conditioned distill) is not supported")
         if data.get("feature_caching", "NoCaching") != "NoCaching":
@@ -287,10 +314,11 @@ class RunConfig:
                 raise ConfigError(f"{source}: denoising_step_list must be a list of integers, got {steps!r}")
             # 1000.0 in a JSON file means 1000; 999.5 stays a float and is refused in __post_init__
             kwargs["denoising_step_list"] = tuple(int(s) if isinstance(s, float) and s.is_integer() else s for s in steps)
-        if kwargs.get("dit_original_ckpt"):
-            kwargs["dit_original_ckpt"] = _resolve(kwargs["dit_original_ckpt"], base_dir)
-        else:
-            kwargs.pop("dit_original_ckpt", None)
+        for key in ("dit_original_ckpt", "dit_quantized_ckpt", "tae_path"):
+            if kwargs.get(key):
+                kwargs[key] = _resolve(kwargs[key], base_dir)
+            else:
+                kwargs.pop(key, None)
         _check_types(kwargs, source)
         return cls(**kwargs, lora_configs=tuple(loras), source=source)
 
@@ -355,8 +383,12 @@ def _check_types(kwargs: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: {k} must be an integer, got {v!r}")
         if k in _FLOAT_KEYS and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise ConfigError(f"{source}: {k} must be a number, got {v!r}")
-        if k in ("enable_cfg", "compile_dit") and not isinstance(v, bool):
+        if k in ("enable_cfg", "compile_dit", "dit_quantized", "use_tae") and not isinstance(v, bool):
             raise ConfigError(f"{source}: {k} must be true or false, got {v!r}")
+        if k == "need_scaled" and v is not None and not isinstance(v, bool):
+            raise ConfigError(f"{source}: {k} must be true, false or null, got {v!r}")
+        if k == "dit_quant_scheme" and not isinstance(v, str):
+            raise ConfigError(f"{source}: {k} must be a string such as 'fp8-sgl', got {v!r}")
 
 
 def _resolve(p: str | Path, base_dir: Path | None) -> Path:

@@ -21,14 +21,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import DiTConfig, LoraSpec, RunConfig
+from .config import DiTConfig, RunConfig
 from .engine import DenoiseEngine
-from .errors import CheckpointError, InvalidRequest
+from .errors import InvalidRequest
 from .loaders.checkpoint import load_dit
+from .loaders.image_encoder import load_image_encoder
+from .loaders.lora import resolve_loras
+from .loaders.policy import default_device, default_dtype
+from .loaders.text_encoder import load_text_encoder
+from .loaders.vae import load_decoder, load_vae_from_dir
 from .models.dit import WanDiT
 from .models.image_encoder import WanImageEncoder
 from .models.text_encoder import WanTextEncoder
-from .models.vae import VAE_FILE, WanVAE, load_vae
+from .models.vae import WanVAE
 from .parallel import SequenceParallelDiT
 from .requests import Geometry, VideoRequest, decode_image, parse_video_request
 from .video import encode_mp4
@@ -36,30 +41,6 @@ from .video import encode_mp4
 log = logging.getLogger(__name__)
 
 VAE_STRIDE = (4, 8, 8)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on GPU (as LightX2V / Wan run), fp32 on CPU."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def resolve_loras(run: RunConfig, model_dir: Path) -> RunConfig:
-    """LightX2V configs name LoRAs relative to the working dir or the model root: find each file or fail clearly."""
-    resolved = []
-    for spec in run.lora_configs:
-        candidates = [spec.path] if spec.path.is_absolute() else [spec.path, model_dir / spec.path,
-                                                                   model_dir.parent / spec.path,
-                                                                   model_dir / "loras" / spec.path.name]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise CheckpointError(f"{run.source}: LoRA file {spec.path} not found; looked at "
-                                  + ", ".join(str(c) for c in candidates))
-        resolved.append(LoraSpec(found, spec.strength))
-    return run.replace(lora_configs=tuple(resolved))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,25 +109,10 @@ class VideoResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
-def load_text_encoder(model_dir: Path, device: torch.device, text_len: int) -> WanTextEncoder:
-    return WanTextEncoder.from_model_dir(model_dir, device=device, dtype=default_dtype(device), text_len=text_len)
-
-
-def load_image_encoder(model_dir: Path, device: torch.device) -> WanImageEncoder:
-    return WanImageEncoder.from_model_dir(model_dir, device=device, dtype=torch.float32)
-
-
-def load_vae_from_dir(model_dir: Path, device: torch.device) -> WanVAE:
-    path = Path(model_dir) / VAE_FILE
-    if not path.is_file():
-        raise CheckpointError(f"VAE weights not found: {path} (expected Wan2.1's {VAE_FILE} in the model directory)")
-    return load_vae(path, device=device, dtype=torch.float32)
-
-
 def load_run_dit(model_dir: Path, run: RunConfig, device: torch.device) -> WanDiT:
-    """The DiT of a run in this process: its weights (LoRAs merged), bf16 on GPU / fp32 on CPU, compiled if asked."""
-    model_dir = Path(model_dir)
-    dit = load_dit(model_dir, resolve_loras(run, model_dir), device=device, dtype=default_dtype(device))
+    """The DiT of a run in this process: its weights (LoRAs merged, quantized formats handled), the policy's dtype
+    (bf16 on GPU / fp32 on CPU, see ``loaders.policy``), compiled if asked."""
+    dit = load_dit(model_dir, run, device=device)
     if run.compile_dit:
         dit.compile_blocks()
     return dit
@@ -185,11 +151,13 @@ class WanPipeline:
         model_dir = Path(model_dir)
         device = torch.device(device) if device is not None else default_device()
         engine = load_engine(model_dir, run, device)
-        vae = load_vae_from_dir(model_dir, device)
+        vae = load_decoder(model_dir, run, device)  # the Wan VAE, or the tiny decoder when the run sets use_tae
         text_encoder = load_text_encoder(model_dir, device, text_len_of(model_dir, run))
         conditioner = None
         if engine.cfg.is_i2v:
-            conditioner = ImageConditioner(load_image_encoder(model_dir, device), vae, device, run.max_image_pixels)
+            encoder_vae = vae if isinstance(vae, WanVAE) else load_vae_from_dir(model_dir, device)
+            conditioner = ImageConditioner(load_image_encoder(model_dir, device), encoder_vae, device,
+                                           run.max_image_pixels)
         return cls(run, text_encoder, engine, vae, conditioner)
 
     def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -248,6 +216,6 @@ class _timed:
         self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
 
 
-__all__ = ["ImageCondition", "ImageConditioner", "VideoResult", "WanPipeline",
-           "i2v_geometry", "i2v_mask", "load_dit_for_run", "load_engine", "load_image_encoder", "load_run_dit",
-           "load_text_encoder", "load_vae_from_dir", "resolve_loras", "text_len_of"]
+__all__ = ["ImageCondition", "ImageConditioner", "VideoResult", "WanPipeline", "default_device", "default_dtype",
+           "i2v_geometry", "i2v_mask", "load_decoder", "load_dit_for_run", "load_engine", "load_image_encoder",
+           "load_run_dit", "load_text_encoder", "load_vae_from_dir", "resolve_loras", "text_len_of"]

@@ -8,7 +8,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # model_repository
 import triton_io  # noqa: E402
 
 from wan_distill.deployment import Deployment  # noqa: E402
-from wan_distill.pipeline import ImageConditioner, load_image_encoder, load_vae_from_dir  # noqa: E402
+from wan_distill.loaders.image_encoder import load_image_encoder  # noqa: E402
+from wan_distill.loaders.vae import load_vae_from_dir  # noqa: E402
+from wan_distill.pipeline import ImageConditioner  # noqa: E402
 from wan_distill.requests import check_geometry  # noqa: E402
 
 

@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # model_repository
 import triton_io  # noqa: E402
 
 from wan_distill.deployment import Deployment  # noqa: E402
-from wan_distill.pipeline import load_text_encoder, text_len_of  # noqa: E402
+from wan_distill.loaders.text_encoder import load_text_encoder  # noqa: E402
+from wan_distill.pipeline import text_len_of  # noqa: E402
 from wan_distill.requests import decode_text  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""wan_vae_decoder: LATENTS [16, t, h, w] -> FRAMES uint8 [1+4(t-1), 8h, 8w, 3], decoded one latent frame at a time."""
+"""wan_vae_decoder: LATENTS [16, t, h, w] -> FRAMES uint8 [1+4(t-1), 8h, 8w, 3], decoded one latent frame at a time
+(by the Wan VAE, or the taew2_1 tiny decoder when the run config sets ``use_tae``)."""
 import sys
 from pathlib import Path
 
@@ -10,13 +11,13 @@ import triton_io  # noqa: E402
 
 from wan_distill.deployment import Deployment  # noqa: E402
 from wan_distill.errors import InvalidRequest  # noqa: E402
-from wan_distill.pipeline import load_vae_from_dir  # noqa: E402
+from wan_distill.loaders.vae import load_decoder  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
         self.deployment = dep = Deployment.from_triton_args(args)
-        self.vae = load_vae_from_dir(dep.model_dir, dep.device)
+        self.vae = load_decoder(dep.model_dir, dep.run, dep.device)
 
     def execute(self, requests):
         return triton_io.respond(requests, self._decode, self.deployment.name)

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import LoraSpec
+from ..config import LoraSpec, RunConfig
 from ..errors import CheckpointError, preview
 from .files import DIT_PREFIXES, load_state_dict_file
+from .layout import LORA_DIR
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_lora", "merge_loras", "LoraDelta", "plan_lora"]
+__all__ = ["read_lora", "merge_loras", "LoraDelta", "plan_lora", "resolve_loras"]
 
 _PAIRS = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"))
 _DIFFS = ((".diff_b", ".bias"), (".diff_m", ".modulation"), (".diff", ".weight"))
@@ -140,3 +141,22 @@ def merge_loras(state_dict: dict[str, torch.Tensor], loras: Sequence[LoraSpec]) 
             w = state_dict[d.target]
             state_dict[d.target] = (w.float() + spec.strength * d.delta(w.shape, w.device)).to(w.dtype)
         log.info("merged LoRA %s (strength %g): %d tensors updated", path, spec.strength, len(deltas))
+
+
+def resolve_loras(run: RunConfig, model_dir: str | Path) -> RunConfig:
+    """LightX2V configs name LoRAs relative to the working dir or the model root: find each file or fail clearly.
+
+    Looked up as given, under the model root, beside it, and in ``<model root>/loras/``.
+    """
+    model_dir = Path(model_dir)
+    resolved = []
+    for spec in run.lora_configs:
+        candidates = [spec.path] if spec.path.is_absolute() else [spec.path, model_dir / spec.path,
+                                                                   model_dir.parent / spec.path,
+                                                                   model_dir / LORA_DIR / spec.path.name]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise CheckpointError(f"{run.source}: LoRA file {spec.path} not found; looked at "
+                                  + ", ".join(str(c) for c in candidates))
+        resolved.append(LoraSpec(found, spec.strength))
+    return run.replace(lora_configs=tuple(resolved))

@@ -27,10 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wan_distill.errors import CheckpointError, key_mismatch_error
-from wan_distill.loaders.files import assign_checked, load_state_dict_file
+from ..errors import key_mismatch_error
 
-CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HEAD_DIM = 80
@@ -131,35 +129,6 @@ def clip_vision_config_from_wan(sd: dict[str, Tensor], source: str | Path = "<st
 
 
 # ------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------
-def load_clip_vision(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """Load the visual tower of a Wan CLIP ``.pth`` as ``transformers.CLIPVisionModel`` (eval mode)."""
-    from transformers import CLIPVisionModel
-
-    path = Path(path)
-    wan_sd = load_state_dict_file(path)
-    cfg = clip_vision_config_from_wan(wan_sd, path)
-    hf_sd, unknown = wan_clip_to_hf(wan_sd)
-    with torch.device("meta"):
-        model = CLIPVisionModel(cfg)
-    expected = model.state_dict().keys()
-    if "post_layernorm.weight" not in hf_sd:  # unused by Wan's features: tolerate files without it (identity LN)
-        hf_sd["post_layernorm.weight"] = torch.ones(cfg.hidden_size)
-        hf_sd["post_layernorm.bias"] = torch.zeros(cfg.hidden_size)
-    missing = {hf_clip_key_to_wan(k) for k in expected - hf_sd.keys()}
-    unknown += [k for k in hf_sd.keys() - expected]
-    if missing or unknown:
-        raise key_mismatch_error("CLIP image encoder", [path], missing, unknown,
-                                 hint="accepted extra keys: textual.*, log_scale, visual.head")
-    del wan_sd
-    assign_checked(model, hf_sd, [path], "CLIP image encoder", device, dtype)
-    emb = model.embeddings  # non-persistent buffer stayed on meta
-    emb.register_buffer("position_ids", torch.arange(emb.num_positions, device=device)[None], persistent=False)
-    return model.eval()
-
-
-# ------------------------------------------------------------------------------------------------
 # Encoder
 # ------------------------------------------------------------------------------------------------
 class WanImageEncoder:
@@ -197,55 +166,3 @@ class WanImageEncoder:
         return out.hidden_states[-2][0].float().cpu()                 # [257, width], penultimate block
 
     __call__ = encode
-
-    @classmethod
-    def from_model_dir(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                       dtype: torch.dtype = torch.float32) -> WanImageEncoder:
-        path = Path(model_dir) / CLIP_FILE
-        if not path.is_file():
-            raise CheckpointError(f"{model_dir}: missing CLIP image encoder weights {path} (needed for i2v)")
-        return cls(load_clip_vision(path, device, dtype))
-
-
-# ------------------------------------------------------------------------------------------------
-# Tiny writer
-# ------------------------------------------------------------------------------------------------
-def write_tiny_clip(path: str | Path, width: int = 160, layers: int = 3, mlp: int = 320, patch: int = 14,
-                    image_size: int = 224, seed: int = 0) -> Path:
-    """Write a random Wan-format CLIP ``.pth``: ``visual.*`` + a few tiny ``textual.*`` keys + ``log_scale``."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape: int, std: float = 0.02) -> Tensor:
-        return torch.randn(*shape, generator=g) * std
-
-    def ln(prefix: str, dim: int) -> dict[str, Tensor]:
-        return {f"{prefix}.weight": (1 + rnd(dim, std=0.1)), f"{prefix}.bias": rnd(dim, std=0.1)}
-
-    n = (image_size // patch) ** 2 + 1
-    sd: dict[str, Tensor] = {"log_scale": torch.tensor(math.log(1 / 0.07)),
-                             "visual.patch_embedding.weight": rnd(width, 3, patch, patch, std=0.05),
-                             "visual.cls_embedding": rnd(1, 1, width, std=width ** -0.5),
-                             "visual.pos_embedding": rnd(1, n, width, std=width ** -0.5),
-                             **ln("visual.pre_norm", width)}
-    for i in range(layers):
-        p = f"visual.transformer.{i}."
-        sd |= ln(p + "norm1", width)
-        sd[p + "attn.to_qkv.weight"] = rnd(3 * width, width, std=width ** -0.5)
-        sd[p + "attn.to_qkv.bias"] = rnd(3 * width, std=0.02)
-        sd[p + "attn.proj.weight"] = rnd(width, width, std=width ** -0.5)
-        sd[p + "attn.proj.bias"] = rnd(width)
-        sd |= ln(p + "norm2", width)
-        sd[p + "mlp.0.weight"] = rnd(mlp, width, std=width ** -0.5)
-        sd[p + "mlp.0.bias"] = rnd(mlp)
-        sd[p + "mlp.2.weight"] = rnd(width, mlp, std=mlp ** -0.5)
-        sd[p + "mlp.2.bias"] = rnd(width)
-    sd |= ln("visual.post_norm", width)
-    sd["visual.head"] = rnd(width, 16, std=width ** -0.5)
-    # text tower stand-ins (real: XLM-R large, 24 blocks); present only so loading exercises the drop rule
-    sd |= {"textual.token_embedding.weight": rnd(32, 16), "textual.type_embedding.weight": rnd(1, 16),
-           "textual.pos_embedding.weight": rnd(18, 16), **ln("textual.norm", 16),
-           "textual.blocks.0.attn.q.weight": rnd(16, 16), "textual.head.0.weight": rnd(16, 16)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(sd, path)
-    return path

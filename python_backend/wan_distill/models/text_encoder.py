@@ -19,8 +19,6 @@ Text pipeline (Wan ``HuggingfaceTokenizer(clean='whitespace')`` + ``T5EncoderMod
 from __future__ import annotations
 
 import html
-import io
-import json
 import logging
 import re
 from pathlib import Path
@@ -28,14 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from wan_distill.errors import CheckpointError, key_mismatch_error
-from wan_distill.loaders.files import assign_checked, load_state_dict_file
+from ..errors import key_mismatch_error
 
 log = logging.getLogger(__name__)
 
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-T5_HF_DIR = "umt5-xxl"
-TOKENIZER_DIR = "google/umt5-xxl"
 EMBED_KEY = "shared.weight"
 TIED_KEY = "encoder.embed_tokens.weight"
 
@@ -149,37 +143,6 @@ def umt5_config_from_wan(sd: dict[str, Tensor], source: str | Path = "<state dic
 
 
 # ------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------
-def load_umt5_encoder(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """Load a UMT5 encoder as ``transformers.UMT5EncoderModel`` (eval mode).
-
-    ``path``: a Wan ``.pth`` (``models_t5_umt5-xxl-enc-bf16.pth`` or a tiny file of the same layout), or an HF
-    encoder directory (config.json + safetensors, local files only).
-    """
-    from transformers import UMT5EncoderModel
-
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"UMT5 encoder directory {path} has no config.json")
-        model = UMT5EncoderModel.from_pretrained(path, local_files_only=True, dtype=dtype)
-        return model.to(device).eval()
-    wan_sd = load_state_dict_file(path)
-    cfg = umt5_config_from_wan(wan_sd, path)
-    with torch.device("meta"):
-        model = UMT5EncoderModel(cfg)
-    expected = {hf_t5_key_to_wan(k) for k in model.state_dict() if k != TIED_KEY}
-    if expected != wan_sd.keys():  # strict check under the file's own (Wan) key names
-        raise key_mismatch_error("UMT5 encoder", [path], expected - wan_sd.keys(), wan_sd.keys() - expected)
-    hf_sd = wan_t5_to_hf(wan_sd)
-    del wan_sd
-    assign_checked(model, hf_sd, [path], "UMT5 encoder", device, dtype)
-    model.encoder.embed_tokens.weight = model.shared.weight  # re-tie after assign
-    return model.eval()
-
-
-# ------------------------------------------------------------------------------------------------
 # Text pipeline
 # ------------------------------------------------------------------------------------------------
 def clean_prompt(text: str) -> str:
@@ -188,17 +151,6 @@ def clean_prompt(text: str) -> str:
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip()
-
-
-def load_tokenizer(tokenizer_dir: str | Path):
-    """Offline ``AutoTokenizer`` (never the hub)."""
-    from transformers import AutoTokenizer
-
-    tokenizer_dir = Path(tokenizer_dir)
-    if not tokenizer_dir.is_dir():
-        raise CheckpointError(f"tokenizer directory not found: {tokenizer_dir} (expected the google/umt5-xxl "
-                              "tokenizer files, e.g. spiece.model + tokenizer_config.json)")
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
 
 
 class WanTextEncoder:
@@ -239,100 +191,3 @@ class WanTextEncoder:
         return [u[:n] for u, n in zip(h, mask.gt(0).sum(1).tolist())]
 
     __call__ = encode
-
-    @classmethod
-    def from_model_dir(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                       dtype: torch.dtype = torch.float32, text_len: int = 512) -> WanTextEncoder:
-        """``<model_dir>/umt5-xxl`` (HF dir) if present else ``<model_dir>/models_t5_umt5-xxl-enc-bf16.pth``;
-        tokenizer from ``<model_dir>/google/umt5-xxl`` (local files only)."""
-        model_dir = Path(model_dir)
-        hf_dir, pth, tok_dir = model_dir / T5_HF_DIR, model_dir / T5_FILE, model_dir / TOKENIZER_DIR
-        missing = []
-        if not (hf_dir / "config.json").is_file() and not pth.is_file():
-            missing.append(f"text encoder weights ({pth} or an HF encoder dir {hf_dir})")
-        if not tok_dir.is_dir():
-            missing.append(f"tokenizer dir {tok_dir}")
-        if missing:
-            raise CheckpointError(f"{model_dir}: missing {' and '.join(missing)}")
-        src = hf_dir if (hf_dir / "config.json").is_file() else pth
-        return cls(load_umt5_encoder(src, device, dtype), load_tokenizer(tok_dir), text_len)
-
-
-# ------------------------------------------------------------------------------------------------
-# Tiny writers (for tests and the tiny-checkpoint command)
-# ------------------------------------------------------------------------------------------------
-TINY_CORPUS = [
-    "a red fox runs through the snow at dawn",
-    "a cat sitting on a wooden table next to a window",
-    "slow motion shot of waves crashing on rocky cliffs",
-    "an astronaut rides a horse on the surface of the moon",
-    "close up of a hummingbird drinking from a flower",
-    "a busy city street at night with neon lights and rain",
-    "two dogs playing with a ball in a green park",
-    "aerial view of a mountain lake surrounded by pine trees",
-    "a chef slices vegetables in a bright kitchen",
-    "the camera pans across a field of sunflowers",
-    "un chat noir dort sur le canapé près de la fenêtre",
-    "ein kleiner Junge läuft über die Brücke im Regen",
-    "una mujer baila flamenco en una plaza soleada",
-    "一只狐狸在雪地里奔跑",
-    "镜头晃动，色调艳丽，过曝，静态，细节模糊不清",
-    "夕阳下的海边，海浪轻轻拍打着沙滩",
-    "東京の夜の街を歩く人々",
-    "고양이가 창가에서 잠을 잔다",
-    "кошка спит на диване у окна",
-    "blurry, low quality, worst quality, jpeg artifacts, ugly, deformed",
-]
-
-
-def write_tiny_tokenizer(directory: str | Path, vocab_size: int = 256) -> int:
-    """Write an offline T5 tokenizer dir: ``spiece.model`` (unigram, pad 0 / eos 1 / unk 2) + tokenizer_config.json.
-
-    Deterministic (single-threaded training on :data:`TINY_CORPUS`). ``vocab_size`` is an upper bound
-    (``hard_vocab_limit=False``). Returns the real vocabulary size (= ``len(tokenizer)``, 231 for the defaults),
-    the ``vocab_size`` to give :func:`write_tiny_umt5`.
-    """
-    import sentencepiece as spm
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TINY_CORPUS * 4), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
-        character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, num_threads=1,
-        seed_sentencepiece_size=100000, shuffle_input_sentence=False, minloglevel=2,
-    )
-    (directory / "spiece.model").write_bytes(buf.getvalue())
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "model_max_length": 512}, indent=2))
-    return spm.SentencePieceProcessor(model_proto=buf.getvalue()).get_piece_size()
-
-
-def write_tiny_umt5(path: str | Path, vocab_size: int, d_model: int = 32, layers: int = 2, heads: int = 2,
-                    d_ff: int = 64, seed: int = 0, num_buckets: int = 32) -> Path:
-    """Write a random Wan-format T5 encoder ``.pth`` (Wan key names, bf16 like the real file)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape: int, std: float) -> Tensor:
-        return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
-
-    def norm_w() -> Tensor:
-        return (1.0 + 0.1 * torch.randn(d_model, generator=g)).to(torch.bfloat16)
-
-    sd: dict[str, Tensor] = {"token_embedding.weight": rnd(vocab_size, d_model, std=1.0)}
-    s = d_model ** -0.5
-    for i in range(layers):
-        p = f"blocks.{i}."
-        sd[p + "norm1.weight"] = norm_w()
-        for n in "qkvo":
-            sd[p + f"attn.{n}.weight"] = rnd(d_model, d_model, std=s)
-        sd[p + "norm2.weight"] = norm_w()
-        sd[p + "ffn.gate.0.weight"] = rnd(d_ff, d_model, std=s)
-        sd[p + "ffn.fc1.weight"] = rnd(d_ff, d_model, std=s)
-        sd[p + "ffn.fc2.weight"] = rnd(d_model, d_ff, std=d_ff ** -0.5)
-        sd[p + "pos_embedding.embedding.weight"] = rnd(num_buckets, heads, std=1.0)
-    sd["norm.weight"] = norm_w()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(sd, path)
-    return path

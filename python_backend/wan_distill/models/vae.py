@@ -14,17 +14,12 @@ with the per-channel Wan2.1 mean/std.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..loaders.files import assign_checked, load_state_dict_file
-
-VAE_FILE = "Wan2.1_VAE.pth"  # its name in every Wan2.1 model root
-
-__all__ = ["CACHE_T", "LATENT_MEAN", "LATENT_STD", "FrameCache", "WanVAE", "load_vae"]
+__all__ = ["CACHE_T", "LATENT_MEAN", "LATENT_STD", "FrameCache", "WanVAE"]
 
 CACHE_T = 2
 
@@ -342,16 +337,3 @@ class WanVAE(nn.Module):
             frames[f0: f0 + pixels.shape[1]] = pixels.permute(1, 2, 3, 0).cpu()
             del chunk
         return frames
-
-
-# ----------------------------------------------------------------------------------------------
-# loading
-# ----------------------------------------------------------------------------------------------
-def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WanVAE:
-    """Load ``Wan2.1_VAE.pth`` (or a same-layout file with another base width, e.g. 8 or 24) strictly."""
-    path = Path(path)
-    sd = load_state_dict_file(path)
-    width = sd.get("encoder.conv1.weight")
-    with torch.device("meta"):
-        model = WanVAE(dim=96 if width is None else int(width.shape[0]))  # base width, 96 for Wan2.1_VAE.pth
-    return assign_checked(model, sd, [path], "WanVAE", device, dtype)
