@@ -204,3 +204,32 @@ def test_i2v_keeps_the_full_vae_for_the_image_latent(tiny_models):
 
     pipe = WanPipeline.from_model_dir(tiny_models["i2v"], RunConfig(use_tae=True), device="cpu")
     assert isinstance(pipe.vae, TinyVAEDecoder) and isinstance(pipe.conditioner.vae, WanVAE)
+
+
+@pytest.mark.server
+def test_served_vae_decoder_uses_the_tiny_decoder(tiny_models, tmp_path):
+    """wan_vae_decoder alone in a real tritonserver, run config with use_tae: frames == in-process load_decoder's."""
+    import sys
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from demo import demo_env
+    from triton_server import TritonServer
+
+    cfg = tmp_path / "tae_run.json"
+    cfg.write_text(json.dumps({"infer_steps": 4, "denoising_step_list": [1000, 750, 500, 250], "use_tae": True}))
+    env = {**demo_env(tiny_models["t2v"], tiny_models["i2v"]), "WAN_T2V_CONFIG": str(cfg)}
+    z = latents(3, 2, 3, seed=11)
+    expect = load_decoder(tiny_models["t2v"], RunConfig.from_json(cfg)).decode_to_uint8(z).numpy()
+    with TritonServer(ROOT / "model_repository", env=env, log_path=tmp_path / "server.log", ready_timeout_s=300,
+                      extra_args=["--model-control-mode=explicit", "--load-model=wan_vae_decoder"]) as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        inp = grpcclient.InferInput("LATENTS", list(z.shape), "FP32")
+        inp.set_data_from_numpy(z.numpy())
+        frames = client.infer("wan_vae_decoder", [inp]).as_numpy("FRAMES")
+        client.close()
+    assert frames.shape == (9, 16, 24, 3) and np.array_equal(frames, expect)
+    assert not np.array_equal(frames, load_vae_from_dir(tiny_models["t2v"]).decode_to_uint8(z).numpy())
