@@ -210,7 +210,7 @@ def test_fp8linear_scaled_mm_layer_exact(per_row):
     layer.use_scaled_mm = True
     x = torch.randn(3, 7, 64, dtype=torch.bfloat16) * 3
     x2 = x.reshape(-1, 64)                                     # activations quantized as the layer does (in bf16)
-    amax = x2.abs().amax(dim=1, keepdim=True) if per_row else x2.abs().amax()
+    amax = x2.abs().amax(dim=1, keepdim=True)                  # per row in both cases: batch-invariant
     xs = (amax.float() / 448).to(torch.bfloat16)
     xq = (x2 / xs).clamp(-448, 448).to(torch.float8_e4m3fn).double()
     xs = xs.double()
@@ -219,6 +219,8 @@ def test_fp8linear_scaled_mm_layer_exact(per_row):
     got = layer(x).reshape(-1, 48).double()
     assert got.dtype == torch.float64 and layer(x).dtype == torch.bfloat16
     torch.testing.assert_close(got, expect, rtol=8e-3, atol=8e-3 * expect.abs().max().item())
+    # a row's output does not depend on the rows batched with it
+    torch.testing.assert_close(layer(x[:1, 2:3] * 1), layer(torch.cat([x[:1, 2:3], 50 * x[1:2, :1]]))[:1], atol=0, rtol=0)
 
 
 def test_fp8linear_module_math():

@@ -52,9 +52,10 @@ class Fp8Linear(nn.Module):
     """``y = x @ (weight * weight_scale).T + bias`` with float8_e4m3fn weights (names as in the checkpoint).
 
     weight [out, in] float8_e4m3fn, weight_scale [out, 1] (per row) or [] (per tensor) float32, bias [out] or None.
-    On CUDA the activations are quantized to fp8 on the fly (per row, or per tensor when the weight scale is) and
-    multiplied with ``torch._scaled_mm``; elsewhere, or for sizes ``_scaled_mm`` cannot take (in/out not multiples
-    of 16), the weight is dequantized into x's dtype and applied with ``F.linear``. ``use_scaled_mm`` forces either
+    On CUDA the activations are quantized to fp8 on the fly, one scale per row (token), so a row's result never
+    depends on the other rows of a batch, and multiplied with ``torch._scaled_mm`` (a per-tensor weight scale is
+    applied as a row of equal scales); elsewhere, or for sizes ``_scaled_mm`` cannot take (in/out not multiples of
+    16), the weight is dequantized into x's dtype and applied with ``F.linear``. ``use_scaled_mm`` forces either
     path (``None``: scaled only on CUDA).
     """
 
@@ -101,10 +102,10 @@ class Fp8Linear(nn.Module):
             return F.linear(x, self.dequantized_weight(x.dtype), bias)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        absmax = x2.abs().amax(dim=1, keepdim=True) if self.per_row else x2.abs().amax()
+        absmax = x2.abs().amax(dim=1, keepdim=True)                                    # [M, 1]
         x_scale = (absmax.float().clamp_min(1e-12) / FP8_MAX).to(x2.dtype)           # the scale used both ways
         xq = (x2 / x_scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        w_scale = self.weight_scale.reshape(1, -1) if self.per_row else self.weight_scale.reshape(())
+        w_scale = self.weight_scale.float().reshape(1, -1).expand(1, self.out_features).contiguous()  # [1, N]
         bias = None if self.bias is None else self.bias.to(torch.bfloat16)
         y = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale.float(), scale_b=w_scale, bias=bias,
                              out_dtype=torch.bfloat16)
