@@ -6,6 +6,7 @@ per-request ``TritonError(INVALID_ARG)`` naming the field; a cancelled one ``CAN
 """
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Callable
 
@@ -76,3 +77,20 @@ def respond(requests, handle: Callable, model_name: str) -> list:
 def send_final(request, response: pb_utils.InferenceResponse) -> None:
     """Send the one response of a request whose execute() returned early (the DiT's background engine)."""
     request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+_INPUT_NAME = re.compile(r"^(?:[A-Z][A-Z0-9_]*(?:/[A-Z][A-Z0-9_]*)*|wan_[a-z_]+): ")
+
+
+def error_code_of(message: str, model_name: str) -> str:
+    """The TritonError code name of an error a BLS call to ``model_name`` returned. Triton 2.51 hands every BLS error
+    to the caller as INTERNAL; the code is read back from the shapes :func:`error_response` writes: INVALID_ARG
+    messages start with the input's name ("HEIGHT: ..."), the others with the model's name and say which they are;
+    a full Triton queue (``max_queue_size``) is UNAVAILABLE; anything else stays INTERNAL."""
+    if "Exceeds maximum queue size" in message:
+        return "UNAVAILABLE"
+    if message.startswith(f"{model_name}: "):
+        if ": request cancelled (" in message:
+            return "CANCELLED"
+        return "UNAVAILABLE" if message.endswith("retry later") else "INTERNAL"
+    return "INVALID_ARG" if _INPUT_NAME.match(message) else "INTERNAL"

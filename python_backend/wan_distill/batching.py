@@ -8,6 +8,7 @@ one step, not a whole video, while a slot is free; when ``max_queued`` jobs alre
 :class:`~wan_distill.errors.Overloaded` at once (served as UNAVAILABLE, which clients retry).
 
 An idle engine waits up to ``max_wait_s`` after the first arrival so that requests sent together start together.
+``on_counts(active, queued)`` is called whenever either count changes (serving metrics).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from .engine import DenoiseEngine, DenoiseJob, JobStatus
 from .errors import Cancelled, Overloaded
@@ -26,14 +28,16 @@ __all__ = ["ContinuousBatcher"]
 
 class ContinuousBatcher:
     def __init__(self, engine: DenoiseEngine, max_active: int | None = None, max_queued: int = 32,
-                 max_wait_s: float = 0.002, name: str = "denoise"):
-        self.engine = engine
+                 max_wait_s: float = 0.002, name: str = "denoise",
+                 on_counts: Callable[[int, int], None] | None = None):
+        self.engine, self.on_counts = engine, on_counts
         self.max_active = max_active or engine.max_jobs_per_call
         self.max_queued, self.max_wait_s = max_queued, max_wait_s
         self._pending: deque[DenoiseJob] = deque()
         self._active: list[DenoiseJob] = []
         self._cv = threading.Condition()
         self._closed = False
+        self._last_counts, self._report_lock = (0, 0), threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=f"{name}-engine", daemon=True)
         self._thread.start()
 
@@ -48,6 +52,7 @@ class ContinuousBatcher:
                                  f"(max_queued_jobs {self.max_queued}); retry later")
             self._pending.append(job)
             self._cv.notify_all()
+        self._report()
 
     @property
     def queued(self) -> int:
@@ -87,6 +92,7 @@ class ContinuousBatcher:
                 while self._pending and len(self._active) < self.max_active:
                     self._active.append(self._pending.popleft())
                 running = list(self._active)
+            self._report()
             for job in stopped:
                 job.finish(JobStatus.CANCELLED, Cancelled(f"{job.stop_reason()} while waiting; never started"))
                 self._done(job)
@@ -96,11 +102,26 @@ class ContinuousBatcher:
             with self._cv:
                 for job in left:
                     self._active.remove(job)
+            if left:
+                self._report()
             for job in left:
                 self._done(job)
         for job in dropped:
             job.finish(JobStatus.CANCELLED, Cancelled("the server is shutting down; never started"))
             self._done(job)
+
+    def _report(self) -> None:
+        if self.on_counts is None:
+            return
+        with self._report_lock:  # submit() and the engine thread both report; the last call sees the last counts
+            counts = (len(self._active), len(self._pending))
+            if counts == self._last_counts:
+                return
+            self._last_counts = counts
+            try:
+                self.on_counts(*counts)
+            except Exception:
+                log.exception("on_counts callback failed")
 
     @staticmethod
     def _done(job: DenoiseJob) -> None:

@@ -30,7 +30,7 @@ from .schedulers import SamplerState, make_sampler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DenoiseEngine", "DenoiseJob", "JobStatus", "StepEvent"]
+__all__ = ["DenoiseEngine", "DenoiseJob", "DiTCall", "JobStatus", "StepEvent"]
 
 CLIP_TOKENS = 257  # CLIP ViT-H/14 at 224 px: class token + 16 x 16 patches
 
@@ -52,6 +52,16 @@ class StepEvent:
     num_steps: int
     elapsed_s: float
     eta_s: float
+
+
+@dataclass(frozen=True)
+class DiTCall:
+    """One DiT forward of :meth:`DenoiseEngine.step`: ``rows`` batch rows (two per CFG job) for ``jobs`` jobs, each
+    advanced by one step, in ``seconds``."""
+
+    rows: int
+    jobs: int
+    seconds: float
 
 
 @dataclass(eq=False)
@@ -119,6 +129,7 @@ class DenoiseEngine:
 
     ``dit``: a :class:`~wan_distill.models.dit.WanDiT` or anything with its call signature, ``.cfg`` and ``.dtype``
     (e.g. a sequence-parallel group). ``max_jobs_per_call``: at most this many jobs share one DiT call.
+    ``on_call``: called after every DiT forward with its :class:`DiTCall` (serving metrics); set it any time.
     """
 
     def __init__(self, dit, run: RunConfig, device: torch.device | str, max_jobs_per_call: int = 4):
@@ -128,6 +139,7 @@ class DenoiseEngine:
         self.cfg, self.dtype = dit.cfg, dit.dtype
         self.sampler = make_sampler(run)
         self.max_jobs_per_call = max_jobs_per_call
+        self.on_call: Callable[[DiTCall], None] | None = None
 
     @property
     def needs_negative_context(self) -> bool:
@@ -263,6 +275,11 @@ class DenoiseEngine:
                         context=_pad_stack(contexts), clip_fea=torch.stack(clip) if clip else None,
                         y=torch.stack(y) if y else None).float()  # [rows, 16, t, h, w]
         seconds = time.monotonic() - t0
+        if self.on_call is not None:
+            try:
+                self.on_call(DiTCall(len(x), len(batch), seconds))
+            except Exception:  # a metrics consumer must never break the run
+                log.exception("DiT call callback failed")
         row = 0
         for job in batch:
             v = flow[row]

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # model_repository
 
 import torch  # noqa: E402
 import triton_io  # noqa: E402
+import triton_metrics  # noqa: E402
 
 from wan_distill.deployment import Deployment  # noqa: E402
 from wan_distill.errors import InvalidRequest  # noqa: E402
@@ -18,6 +19,8 @@ class TritonPythonModel:
     def initialize(self, args):
         self.deployment = dep = Deployment.from_triton_args(args)
         self.vae = load_decoder(dep.model_dir, dep.run, dep.device)
+        self.timer = triton_metrics.StageTimer("wan_vae_decode_duration_seconds",
+                                               "Duration of one VAE decode (latents to uint8 frames)", dep.name)
 
     def execute(self, requests):
         return triton_io.respond(requests, self._decode, self.deployment.name)
@@ -26,5 +29,6 @@ class TritonPythonModel:
         latents = torch.from_numpy(triton_io.array(request, "LATENTS"))
         if latents.shape[0] != 16 or min(latents.shape) < 1:
             raise InvalidRequest("LATENTS", f"must be [16, t, h, w], got {list(latents.shape)}")
-        frames = self.vae.decode_to_uint8(latents.to(self.deployment.device))
+        with self.timer.time():
+            frames = self.vae.decode_to_uint8(latents.to(self.deployment.device))
         return [triton_io.tensor("FRAMES", frames.cpu().numpy())]

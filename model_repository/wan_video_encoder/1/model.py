@@ -7,6 +7,7 @@ sys.dont_write_bytecode = True  # no __pycache__/ in model_repository/: Triton w
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # model_repository/ (triton_io)
 
 import triton_io  # noqa: E402
+import triton_metrics  # noqa: E402
 
 from wan_distill.config import RunConfig  # noqa: E402
 from wan_distill.requests import check_fps  # noqa: E402
@@ -19,6 +20,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
         self.defaults = RunConfig(fps=int(params.get("default_fps", 16)))
         self.crf, self.preset = int(params.get("crf", 23)), params.get("preset", "medium")
+        self.timer = triton_metrics.StageTimer("wan_mp4_encode_duration_seconds",
+                                               "Duration of one MP4 (H.264) encode", self.name)
 
     def execute(self, requests):
         return triton_io.respond(requests, self._encode, self.name)
@@ -26,7 +29,9 @@ class TritonPythonModel:
     def _encode(self, request):
         fps = check_fps(triton_io.scalar(request, "FPS"), self.defaults)
         frames = triton_io.array(request, "FRAMES")
-        outputs = [triton_io.bytes_tensor("VIDEO_MP4", encode_mp4(frames, fps, self.crf, self.preset))]
+        with self.timer.time():
+            mp4 = encode_mp4(frames, fps, self.crf, self.preset)
+        outputs = [triton_io.bytes_tensor("VIDEO_MP4", mp4)]
         if "FRAMES_OUT" in request.requested_output_names():  # the raw frames only travel when the client asks
             outputs.append(triton_io.tensor("FRAMES_OUT", frames))
         return outputs

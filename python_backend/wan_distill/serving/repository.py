@@ -10,6 +10,9 @@ Adding an input to the DiTs or the pipelines is one edit below. Each pipeline is
 
 The request step validates every client input and resolves every default from the pipeline's run config before
 anything fans out, so the composing models only ever see explicit, checked values.
+
+Each pipeline also has a streaming twin, ``<pipeline>_stream`` (decoupled): it runs the same ensemble steps by BLS
+(``wan_distill.serving.stream`` reads them from here) and streams progress events; see that module.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["Io", "Step", "ModelSpec", "Pipeline", "PIPELINES", "repository", "render", "write_repository"]
+__all__ = ["Io", "Step", "ModelSpec", "Pipeline", "PIPELINES", "pipeline", "ensemble_steps", "repository", "render",
+           "write_repository"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Step:
     inputs: dict[str, str]
     outputs: dict[str, str]
     note: str = ""
+    stage: str = ""  # progress-event name of this step in the streamed pipeline ("" = none)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class ModelSpec:
     instance_kind: str = "KIND_CPU"
     instance_count: int = 1
     header: str = ""                  # comment lines at the top
+    decoupled: bool = False           # model_transaction_policy { decoupled: true } (any number of responses)
 
 
 def _scalar(name: str, dtype: str = "INT64") -> Io:
@@ -72,6 +78,8 @@ IMAGE_LATENT = Io("IMAGE_LATENT", "FP32", (20, -1, -1, -1))
 LATENTS = Io("LATENTS", "FP32", (16, -1, -1, -1))
 FRAMES = Io("FRAMES", "UINT8", (-1, -1, -1, 3))
 VIDEO_MP4 = _scalar("VIDEO_MP4", "STRING")
+PROGRESS = _scalar("PROGRESS", "STRING")  # JSON answer of a DiT control request (wan_distill.jobs)
+EVENT = _scalar("EVENT", "STRING")        # JSON progress event of a streamed pipeline (wan_distill.serving.stream)
 
 THREADS = ("num_threads", "0", "torch threads; 0 = all cores; $WAN_NUM_THREADS overrides")
 
@@ -99,6 +107,10 @@ class Pipeline:
     @property
     def request(self) -> str:
         return f"{self.name}_request"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.name}_stream"
 
     @property
     def is_i2v(self) -> bool:
@@ -134,15 +146,18 @@ def _request_model(p: Pipeline) -> ModelSpec:
 
 def _dit_model(p: Pipeline) -> ModelSpec:
     config, env = p.run_config
-    optional = (NEGATIVE_TEXT_EMBEDDING, HEIGHT, WIDTH, NUM_FRAMES, CLIP_FEATURE, IMAGE_LATENT)
+    inputs = (TEXT_EMBEDDING, SEED, NEGATIVE_TEXT_EMBEDDING, HEIGHT, WIDTH, NUM_FRAMES, CLIP_FEATURE, IMAGE_LATENT)
+    # every input optional: a control request (progress / cancel of a job, wan_distill.jobs) has none, and a job
+    # request missing one gets INVALID_ARGUMENT naming it from the adapter
     return ModelSpec(
-        p.dit, (TEXT_EMBEDDING, SEED, *(io.opt() for io in optional)), (LATENTS,), adapter="wan_t2v_dit",
+        p.dit, tuple(io.opt() for io in inputs), (LATENTS, PROGRESS), adapter="wan_t2v_dit",
         params=(*_weights(f"WAN_{p.task.upper()}_MODEL_PATH", config, env), THREADS,
                 ("max_jobs_per_call", "4", "requests whose steps share one DiT call (same geometry)"),
                 ("max_wait_ms", "2", "an idle engine waits this long for more requests before a step starts"),
                 ("max_queued_jobs", "32", "requests waiting for a slot beyond this get UNAVAILABLE at once")),
         header="# One background denoising engine per instance: execute() hands each request over and returns, the\n"
-               "# engine advances all running requests step by step, batching the steps of requests of one geometry.")
+               "# engine advances all running requests step by step, batching the steps of requests of one geometry.\n"
+               "# Control requests (parameters wan_control = watch | cancel, wan_job_id) ask for PROGRESS only.")
 
 
 def _ensemble(p: Pipeline) -> ModelSpec:
@@ -154,25 +169,49 @@ def _ensemble(p: Pipeline) -> ModelSpec:
         text_out["NEGATIVE_TEXT_EMBEDDING"] = dit_in["NEGATIVE_TEXT_EMBEDDING"] = "negative_text_embedding"
     else:
         del checked["NEGATIVE_PROMPT"]  # a distilled run has no unconditional branch
-    encoders = [Step("wan_text_encoder", text_in, text_out)]
+    encoders = [Step("wan_text_encoder", text_in, text_out, stage="text")]
     if p.is_i2v:
         encoders.append(Step("wan_image_encoder", {"IMAGE": "image", "HEIGHT": "height", "WIDTH": "width",
                                                    "NUM_FRAMES": "num_frames"},
-                             {"CLIP_FEATURE": "clip_feature", "IMAGE_LATENT": "image_latent"}))
+                             {"CLIP_FEATURE": "clip_feature", "IMAGE_LATENT": "image_latent"}, stage="image"))
         dit_in.update(CLIP_FEATURE="clip_feature", IMAGE_LATENT="image_latent")
     else:
         dit_in.update(HEIGHT="height", WIDTH="width", NUM_FRAMES="num_frames")
     steps = (Step(p.request, {io.name: io.name for io in p.client_inputs}, checked), *encoders,
-             Step(p.dit, dit_in, {"LATENTS": "latents"}),
-             Step("wan_vae_decoder", {"LATENTS": "latents"}, {"FRAMES": "frames"}),
+             Step(p.dit, dit_in, {"LATENTS": "latents"}, stage="denoise"),
+             Step("wan_vae_decoder", {"LATENTS": "latents"}, {"FRAMES": "frames"}, stage="decode"),
              Step("wan_video_encoder", {"FRAMES": "frames", "FPS": "fps"},
-                  {"VIDEO_MP4": "VIDEO_MP4", "FRAMES_OUT": "FRAMES"},
+                  {"VIDEO_MP4": "VIDEO_MP4", "FRAMES_OUT": "FRAMES"}, stage="encode",
                   note="FRAMES leaves through the last step: an ensemble output that also feeds a later step is not\n"
                        "produced when the client does not ask for it (Triton 2.51 then reports a deadlock)."))
     return ModelSpec(p.name, tuple(io.opt() for io in p.client_inputs), (VIDEO_MP4, FRAMES), platform="ensemble",
                      steps=steps,
                      header="# Every input is optional here so that a missing one reaches the request step, which answers\n"
                             "# INVALID_ARGUMENT naming it (Triton 2.51's ensemble would otherwise stall and report a deadlock).")
+
+
+def _stream_model(p: Pipeline) -> ModelSpec:
+    config, env = p.run_config
+    return ModelSpec(
+        p.stream, tuple(io.opt() for io in p.client_inputs), (EVENT, VIDEO_MP4, FRAMES), adapter="wan_t2v_stream",
+        decoupled=True, params=(("pipeline", p.name, "runs this ensemble's steps (the spec) by BLS"),
+                                ("config_json", config, ""), ("config_json_env", env, ""),
+                                ("poll_ms", "50", "how often a running request checks whether its client went away")),
+        header=f"# Streaming twin of {p.name} (gRPC streaming only): the same steps called by BLS, with JSON progress\n"
+               "# events (EVENT) and a cancel that stops the DiT; the last response carries VIDEO_MP4 (+ FRAMES if asked).")
+
+
+def pipeline(name: str) -> Pipeline:
+    """The served pipeline called ``name`` (e.g. "wan_t2v")."""
+    for p in PIPELINES:
+        if p.name == name:
+            return p
+    raise KeyError(f"no pipeline {name!r}; served: {', '.join(p.name for p in PIPELINES)}")
+
+
+def ensemble_steps(p: Pipeline) -> tuple[Step, ...]:
+    """The steps of ``p``'s ensemble (the streamed pipeline runs exactly these)."""
+    return _ensemble(p).steps
 
 
 def repository() -> list[ModelSpec]:
@@ -199,7 +238,7 @@ def repository() -> list[ModelSpec]:
         params=(("default_fps", "16", ""), ("crf", "23", ""), ("preset", "medium", "")))
     models = [text, image, vae, video]
     for p in PIPELINES:
-        models += [_request_model(p), _dit_model(p), _ensemble(p)]
+        models += [_request_model(p), _dit_model(p), _ensemble(p), _stream_model(p)]
     return sorted(models, key=lambda m: m.name)
 
 
@@ -226,6 +265,8 @@ def render(spec: ModelSpec) -> str:
     lines.append(f'name: "{spec.name}"')
     lines.append('platform: "ensemble"' if spec.platform == "ensemble" else 'backend: "python"')
     lines.append("max_batch_size: 0")
+    if spec.decoupled:
+        lines.append("model_transaction_policy { decoupled: true }")
     lines += _block("input", [_io(io) for io in spec.inputs])
     lines += _block("output", [_io(io) for io in spec.outputs])
     if spec.platform == "ensemble":

@@ -1,0 +1,1 @@
+../../wan_t2v_stream/1/model.py
