@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,8 +24,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from wan_client import (AsyncWanClient, GenerationRequest, InvalidRequestError, RequestCancelledError,
-                        RequestTimeoutError, ServerError, ServerUnavailableError, WanClient)
+from wan_client import (AsyncWanClient, DenoiseProgress, GenerationRequest, InvalidRequestError, RequestAccepted,
+                        RequestCancelledError, RequestTimeoutError, ServerError, ServerUnavailableError, StageFinished,
+                        StageStarted, VideoReady, WanClient)
 from wan_client.errors import from_triton
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,10 +259,167 @@ def test_async_errors_and_cancellation(server):
 
 
 # ------------------------------------------------------------------------------------------------------
+# streaming (the fakes' *_stream models send the real pipelines' event sequence)
+# ------------------------------------------------------------------------------------------------------
+def event_names(events) -> list[str]:
+    return [type(e).__name__ + (f":{e.stage}" if hasattr(e, "stage") else "") for e in events]
+
+
+def test_stream_t2v_typed_events_then_the_video(client):
+    stream = client.stream_t2v("a red fox", seed=5, height=32, width=64, num_frames=5, fps=8, return_frames=True)
+    events = list(stream)
+    names = event_names(events)
+    assert names == ["RequestAccepted", "StageStarted:text", "StageFinished:text", "StageStarted:denoise",
+                     *["DenoiseProgress"] * 4, "StageFinished:denoise", "StageStarted:decode", "StageFinished:decode",
+                     "StageStarted:encode", "StageFinished:encode", "VideoReady"]
+    accepted, done = events[0], events[-1]
+    assert (accepted.seed, accepted.height, accepted.width, accepted.num_frames, accepted.fps, accepted.num_steps) == \
+        (5, 32, 64, 5, 8, 4)
+    steps = [e for e in events if isinstance(e, DenoiseProgress)]
+    assert [(e.step, e.num_steps) for e in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)] and steps[-1].fraction == 1.0
+    assert done.result is stream.result and (done.num_frames, done.height, done.width) == (5, 32, 64)
+    np.testing.assert_array_equal(done.result.frames, expected_t2v_frames(5, 5, 32, 64))
+    frames, fps = decode_mp4(done.result.mp4)
+    assert frames.shape == (5, 32, 64, 3) and fps == 8
+    assert list(stream) == []  # finished: iteration ends
+
+
+def test_stream_i2v_and_frames_only_when_asked(client):
+    color = (10, 200, 30)
+    events = list(client.stream_i2v(png_bytes(color), "sways", seed=3, height=16, width=32, num_frames=3))
+    assert "StageStarted:image" in event_names(events)
+    assert events[-1].result.frames is None and decode_mp4(events[-1].result.mp4)[0].shape == (3, 16, 32, 3)
+
+
+def test_stream_errors_are_the_typed_errors(client, server):
+    with pytest.raises(InvalidRequestError) as ei:
+        list(client.stream_t2v("bad"))
+    assert ei.value.code == "INVALID_ARGUMENT" and "PROMPT: 'bad' is rejected" in ei.value.message
+    with pytest.raises(InvalidRequestError, match="HEIGHT: must be a multiple of 16"):
+        list(client.stream_t2v("ok", height=33))
+    with pytest.raises(RequestCancelledError):
+        list(client.stream_t2v("cancel"))
+    with pytest.raises(RequestTimeoutError):
+        list(client.stream_t2v("sleep:3.0", client_timeout=0.3))
+    assert wait_for_log(server, "stream 'sleep:3.0' cancelled by the client")
+
+
+def test_stream_cancel_from_another_thread_stops_the_server(client, server):
+    stream = client.stream_t2v("sleep:5.2", seed=1)
+    seen = []
+    t0 = time.monotonic()
+    with pytest.raises(RequestCancelledError) as ei:
+        for event in stream:
+            seen.append(event)
+            if isinstance(event, StageStarted) and event.stage == "denoise":
+                threading.Timer(0.3, stream.cancel).start()  # a UI's Cancel button: another thread
+    assert time.monotonic() - t0 < 3.0 and ei.value.code == "CANCELLED" and stream.cancelled
+    assert not any(isinstance(e, DenoiseProgress) for e in seen) and stream.result is None
+    assert wait_for_log(server, "stream 'sleep:5.2' cancelled by the client at step 1")
+    stream.cancel()  # idempotent
+    assert client.t2v("after", seed=2).mp4  # the client keeps working
+
+
+def test_stream_cancel_before_start_sends_nothing(client):
+    stream = client.stream_t2v("never sent", seed=1)
+    stream.cancel()
+    with pytest.raises(RequestCancelledError):
+        next(stream)
+
+
+def test_stream_retries_unavailable_before_the_first_event(server):
+    """wan_t2v_retry_stream refuses the first 2 streams per SEED with UNAVAILABLE (before any event)."""
+    with WanClient(server.grpc_url, retries=2, backoff_s=0.1) as c:
+        t0 = time.monotonic()
+        events = list(c.stream_t2v("x", seed=2001, model="wan_t2v_retry", return_frames=True))
+        assert time.monotonic() - t0 >= 0.1 + 0.2 and isinstance(events[0], RequestAccepted)
+        np.testing.assert_array_equal(events[-1].result.frames, expected_t2v_frames(2001, 5, 32, 48))
+    with WanClient(server.grpc_url, retries=1, backoff_s=0.05) as c:
+        with pytest.raises(ServerUnavailableError) as ei:
+            list(c.stream_t2v("x", seed=2002, model="wan_t2v_retry"))
+        assert ei.value.attempts == 2 and "warming up" in ei.value.message
+
+
+def test_async_stream_cancel_from_another_task_and_task_cancellation(server):
+    async def main():
+        async with AsyncWanClient(server.grpc_url, retries=0) as c:
+            stream = c.stream_t2v("ok", seed=4, return_frames=True)
+            assert isinstance(await stream.__anext__(), RequestAccepted)
+            video = await stream.wait()
+            np.testing.assert_array_equal(video.frames, expected_t2v_frames(4, 5, 32, 48))
+
+            stream = c.stream_t2v("sleep:5.3", seed=1)
+            async def consume():
+                return [e async for e in stream]
+            task = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.5)
+            stream.cancel()  # from another task
+            with pytest.raises(RequestCancelledError):
+                await task
+
+            async with c.stream_t2v("sleep:5.4", seed=1) as stream:  # the consumer task itself is cancelled
+                task = asyncio.ensure_future(consume())
+                await asyncio.sleep(0.5)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            r = await c.t2v("still works", seed=6, return_frames=True)
+            np.testing.assert_array_equal(r.frames, expected_t2v_frames(6, 5, 32, 48))
+    asyncio.run(main())
+    assert wait_for_log(server, "stream 'sleep:5.3' cancelled by the client")
+    assert wait_for_log(server, "stream 'sleep:5.4' cancelled by the client")
+
+
+def test_sync_client_is_usable_from_many_threads(client):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:
+        out = list(pool.map(lambda s: client.t2v("x", seed=s, num_frames=2, return_frames=True).frames, range(30, 38)))
+    for s, frames in zip(range(30, 38), out):
+        np.testing.assert_array_equal(frames, expected_t2v_frames(s, 2, 32, 48))
+
+
+# ------------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------------
 def run_cli(*args, timeout=60):
     return subprocess.run([PY, "-m", "wan_client", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_progress_bar_and_quiet(server, tmp_path):
+    out = tmp_path / "out.mp4"
+    p = run_cli("t2v", "--server", server.grpc_url, "--prompt", "sleep:0.4", "-o", str(out), "--seed", "3")
+    assert p.returncode == 0, p.stderr
+    bar = p.stderr.replace("\r", "\n")
+    for text in ("wan_t2v queued", "wan_t2v denoise", "1/4 steps", "4/4 steps", "ETA", "wan_t2v encode"):
+        assert text in bar, (text, p.stderr)
+    assert "text 0.00 s, denoise" in p.stderr and "wrote" in p.stderr
+    p = run_cli("t2v", "--server", server.grpc_url, "--prompt", "sleep:0.4", "-o", str(out), "--quiet")
+    assert p.returncode == 0 and "steps" not in p.stderr and "\r" not in p.stderr
+    assert p.stderr.startswith("wrote") and decode_mp4(out.read_bytes())[0].shape == (5, 32, 48, 3)
+
+
+def test_cli_falls_back_to_the_unary_pipeline_without_a_stream_model(server, tmp_path):
+    out = tmp_path / "out.mp4"
+    p = run_cli("t2v", "--server", server.grpc_url, "--prompt", "x", "--seed", "1004", "--model", "wan_t2v_flaky",
+                "-o", str(out), "--frames", "3")
+    assert p.returncode == 0, p.stderr
+    assert "wan_t2v_flaky_stream is not served" in p.stderr and decode_mp4(out.read_bytes())[0].shape[0] == 3
+
+
+def test_cli_ctrl_c_cancels_on_the_server(server, tmp_path):
+    out = tmp_path / "out.mp4"
+    proc = subprocess.Popen([PY, "-m", "wan_client", "t2v", "--server", server.grpc_url, "--prompt", "sleep:20.5",
+                             "-o", str(out)], stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"denoise" not in seen and time.monotonic() < deadline:
+        seen += os.read(proc.stderr.fileno(), 4096)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130
+    assert b"cancelled (Ctrl-C): the server was told to stop the request" in seen + rest
+    assert wait_for_log(server, "stream 'sleep:20.5' cancelled by the client at step 1")
+    assert not out.exists()
 
 
 def test_cli_t2v_and_i2v(server, tmp_path):

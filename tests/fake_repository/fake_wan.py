@@ -5,9 +5,15 @@ i2v: every frame is the decoded IMAGE resized to (W, H), RGB. VIDEO_MP4 = those 
 Prompt conventions: "bad" -> INVALID_ARG naming PROMPT; "cancel" -> CANCELLED; "sleep:<s>" -> sleeps <s> seconds
 (polling request.is_cancelled(), answering CANCELLED when the client went away); NEGATIVE_PROMPT "bad" -> INVALID_ARG.
 Config parameter FAIL_FIRST_K=k: the first k calls per SEED value in this process answer UNAVAILABLE.
+
+STREAM=1 (decoupled, the ``*_stream`` interface): the same checks and video, sent after the events of the real
+streamed pipelines (accepted, stage_start/stage_end of text (+ image), denoise with NUM_STEPS step events, decode,
+encode, done). "sleep:<s>" spreads <s> seconds over the steps, checking the stream's cancellation every 20 ms; a
+cancelled request logs "[fake_wan] <model>: stream '<prompt>' cancelled by the client at step k".
 """
 import io
 import json
+import threading
 import time
 from collections import Counter
 
@@ -49,6 +55,8 @@ class TritonPythonModel:
         self.name = args["model_name"]
         self.mode = params.get("MODE", "t2v")
         self.fail_first_k = int(params.get("FAIL_FIRST_K", "0"))
+        self.stream = params.get("STREAM", "0") == "1"
+        self.num_steps = int(params.get("NUM_STEPS", "4"))
         self.calls = Counter()
 
     def _scalar(self, request, name):
@@ -74,9 +82,13 @@ class TritonPythonModel:
         return v
 
     def execute(self, requests):
+        if self.stream:
+            for r in requests:
+                threading.Thread(target=self._stream, args=(r,), daemon=True).start()
+            return None
         return [self._one(r) for r in requests]
 
-    def _one(self, request):
+    def _parse(self, request):
         try:
             prompt = self._text(request, "PROMPT")
             if prompt is None:
@@ -107,7 +119,13 @@ class TritonPythonModel:
                     raise Invalid(f"IMAGE: cannot decode ({type(e).__name__})")
         except Invalid as e:
             return _err(str(e), pb_utils.TritonError.INVALID_ARG)
+        return prompt, seed, h, w, f, fps, image
 
+    def _one(self, request):
+        parsed = self._parse(request)
+        if isinstance(parsed, pb_utils.InferenceResponse):
+            return parsed
+        prompt, seed, h, w, f, fps, image = parsed
         if prompt == "cancel":
             return _err("request cancelled (fake model)", pb_utils.TritonError.CANCELLED)
         if prompt.startswith("sleep:"):
@@ -123,17 +141,78 @@ class TritonPythonModel:
                 return _err(f"warming up (fake): call {self.calls[seed]} of {self.fail_first_k} for seed {seed} refused",
                             pb_utils.TritonError.UNAVAILABLE)
 
-        if image is not None:
-            base = np.asarray(image.convert("RGB").resize((w, h)), dtype=np.uint8)
-            frames = np.broadcast_to(base, (f, h, w, 3)).copy()
-        else:
-            frames = np.empty((f, h, w, 3), np.uint8)
-            frames[..., 0] = ((seed + 40 * np.arange(f)) % 256).astype(np.uint8)[:, None, None]
-            frames[..., 1], frames[..., 2] = 100, 200
+        return pb_utils.InferenceResponse(self._outputs(request, _frames(seed, h, w, f, image), fps))
+
+    def _outputs(self, request, frames, fps):
         wanted = set(request.requested_output_names()) or {"VIDEO_MP4", "FRAMES"}
         outs = []
         if "VIDEO_MP4" in wanted:
             outs.append(pb_utils.Tensor("VIDEO_MP4", np.array([encode_mp4(frames, fps)], dtype=np.object_)))
         if "FRAMES" in wanted:
             outs.append(pb_utils.Tensor("FRAMES", frames))
-        return pb_utils.InferenceResponse(outs)
+        return outs
+
+    # --- STREAM=1 --------------------------------------------------------------------------------------
+    def _stream(self, request):
+        sender = request.get_response_sender()
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        t0 = time.monotonic()
+
+        def event(kind, **kw):
+            data = json.dumps({"type": kind, "t": time.monotonic() - t0, **kw}).encode()
+            return pb_utils.Tensor("EVENT", np.array([data], dtype=np.object_))
+
+        parsed = self._parse(request)
+        if isinstance(parsed, pb_utils.InferenceResponse):
+            sender.send(parsed, flags=final)
+            return
+        prompt, seed, h, w, f, fps, image = parsed
+        if prompt == "cancel":
+            sender.send(_err("request cancelled (fake model)", pb_utils.TritonError.CANCELLED), flags=final)
+            return
+        if self.fail_first_k:
+            self.calls[seed] += 1
+            if self.calls[seed] <= self.fail_first_k:
+                sender.send(_err(f"warming up (fake): call {self.calls[seed]} of {self.fail_first_k} for seed {seed} "
+                                 "refused", pb_utils.TritonError.UNAVAILABLE), flags=final)
+                return
+        send = lambda *tensors: sender.send(pb_utils.InferenceResponse(list(tensors)))  # noqa: E731
+        send(event("accepted", pipeline=self.name.removesuffix("_stream"), seed=seed, height=h, width=w,
+                   num_frames=f, fps=fps, num_steps=self.num_steps))
+        for stage in ("text", "image") if image is not None else ("text",):
+            send(event("stage_start", stage=stage))
+            send(event("stage_end", stage=stage, seconds=0.0))
+        send(event("stage_start", stage="denoise"))
+        per_step = float(prompt.split(":", 1)[1]) / self.num_steps if prompt.startswith("sleep:") else 0.0
+        d0 = time.monotonic()
+        for step in range(1, self.num_steps + 1):
+            t_end = time.monotonic() + per_step
+            while True:
+                if sender.is_cancelled():
+                    print(f"[fake_wan] {self.name}: stream '{prompt}' cancelled by the client at step {step}",
+                          flush=True)
+                    sender.send(_err("request cancelled", pb_utils.TritonError.CANCELLED), flags=final)
+                    return
+                if time.monotonic() >= t_end:
+                    break
+                time.sleep(0.02)
+            elapsed = time.monotonic() - d0
+            send(event("step", step=step, num_steps=self.num_steps, elapsed_s=elapsed,
+                       eta_s=elapsed / step * (self.num_steps - step), queued_s=0.0, started_at=time.time() - elapsed))
+        send(event("stage_end", stage="denoise", seconds=time.monotonic() - d0))
+        for stage in ("decode", "encode"):
+            send(event("stage_start", stage=stage))
+            send(event("stage_end", stage=stage, seconds=0.0))
+        outs = self._outputs(request, _frames(seed, h, w, f, image), fps)
+        sender.send(pb_utils.InferenceResponse([event("done", seconds=time.monotonic() - t0, height=h, width=w,
+                                                      num_frames=f)] + outs), flags=final)
+
+
+def _frames(seed, h, w, f, image):
+    if image is not None:
+        base = np.asarray(image.convert("RGB").resize((w, h)), dtype=np.uint8)
+        return np.broadcast_to(base, (f, h, w, 3)).copy()
+    frames = np.empty((f, h, w, 3), np.uint8)
+    frames[..., 0] = ((seed + 40 * np.arange(f)) % 256).astype(np.uint8)[:, None, None]
+    frames[..., 1], frames[..., 2] = 100, 200
+    return frames
