@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,6 +38,22 @@ def demo_env(t2v_dir: Path, i2v_dir: Path, lora: bool = False) -> dict[str, str]
             "WAN_I2V_CONFIG": str(DEMO_CONFIGS / f"wan_i2v_distill_4step_demo{suffix}.json"),
             "WAN_T2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_t2v_baseline_50step_cfg_demo.json"),
             "WAN_I2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_i2v_baseline_40step_cfg_demo.json")}
+
+
+def repository_copy(dst: Path, params: dict[str, dict[str, str]]) -> Path:
+    """model_repository/ copied to ``dst`` with some config.pbtxt parameters changed, e.g.
+    ``{"wan_t2v_dit_baseline": {"max_jobs_per_call": "1"}}`` (tests and benches of one DiT slot). Paths must then come
+    from the WAN_* variables (``demo_env`` gives absolute ones)."""
+    shutil.copytree(ROOT / "model_repository", dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for model, values in params.items():
+        cfg = dst / model / "config.pbtxt"
+        text = cfg.read_text()
+        for key, value in values.items():
+            text, n = re.subn(rf'(key: "{key}" value: {{ string_value: )"[^"]*"', rf'\1"{value}"', text)
+            if n != 1:
+                raise KeyError(f"{cfg}: no parameter {key}")
+        cfg.write_text(text)
+    return dst
 
 
 def demo_image(width: int = 320, height: int = 192) -> bytes:
