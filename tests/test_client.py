@@ -3,6 +3,7 @@ REAL tritonserver serving tests/fake_repository (test-only python models with th
 
 Expected values come from the fake's documented rule (tests/fake_repository/fake_wan.py), not from the client:
 t2v frame t has R = (SEED + 40 t) % 256, G = 100, B = 200; i2v frames are the sent image resized to (W, H).
+The fake *_stream models send the real streamed pipelines' event sequence (typed events, cancel, retry, CLI bar).
 """
 from __future__ import annotations
 

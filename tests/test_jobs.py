@@ -4,9 +4,11 @@ step events, cancel sent to the DiT, errors passed on)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -148,6 +150,25 @@ def test_board_forgets_finished_and_orphan_records():
     while len(board) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(board) == 0
+    board.close()
+
+
+def test_a_finished_job_is_not_kept_alive_by_its_record():
+    """The record outlives the job (late watches) but keeps no tensors: RSS stayed flat over cancels only after this."""
+    eng, board = engine(), JobBoard()
+    j = job(eng, 1, SHAPE_A, cond(1), job_id="g", on_step=board.step)
+    board.attach(j)
+    eng.run_until_done([j])
+    board.finish(j)
+    ref = weakref.ref(j)
+    del j
+    gc.collect()
+    assert ref() is None
+    snap = board.snapshot("g")
+    assert snap["status"] == "done" and len(snap["steps"]) == 4 and snap["started_at"] is not None
+    replies = Replies()
+    board.watch("g", 2, 5.0, replies)
+    assert [s["step"] for s in replies.wait()["steps"]] == [3, 4]
     board.close()
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .engine import DenoiseJob, JobStatus, StepEvent
+from .engine import DenoiseJob, StepEvent
 from .errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class _Watch:
 
 @dataclass
 class _Record:
-    job: DenoiseJob | None = None
+    job: DenoiseJob | None = None     # while the job is in the engine
+    final: dict | None = None         # once it has left: its status, steps, times and error (not its tensors)
     steps: list[StepEvent] = field(default_factory=list)
     cancel_reason: str | None = None  # a cancel that arrived before the job
     error: str | None = None          # the job request was refused before it became a job
@@ -60,7 +61,13 @@ class _Record:
     def status(self) -> str:
         if self.job is not None:
             return self.job.status.value
+        if self.final is not None:
+            return self.final["status"]
         return "failed" if self.error is not None else "unknown"
+
+    @property
+    def live(self) -> bool:
+        return self.job is not None and not self.job.finished
 
 
 class JobBoard:
@@ -81,9 +88,9 @@ class JobBoard:
         applies now: the job never starts."""
         with self._cv:
             rec = self._records.setdefault(job.job_id, _Record())
-            if rec.job is not None and not rec.job.finished:
+            if rec.live:
                 raise InvalidRequest(JOB_ID, f"{job.job_id!r} is already in use by a running request")
-            rec.job, rec.steps, rec.error, rec.expires = job, [], None, math.inf
+            rec.job, rec.final, rec.steps, rec.error, rec.expires = job, None, [], None, math.inf
             if rec.cancel_reason is not None:
                 job.cancel(rec.cancel_reason)
 
@@ -103,7 +110,8 @@ class JobBoard:
             rec = self._records.get(job.job_id)
             if rec is None or rec.job is not job:
                 return
-            rec.expires = time.monotonic() + self.linger_s
+            rec.final = _summary(job)  # the record outlives the job by linger_s; its tensors need not
+            rec.job, rec.expires = None, time.monotonic() + self.linger_s
             due = self._take_due(job.job_id, rec)
             self._cv.notify_all()
         self._answer(due)
@@ -112,9 +120,9 @@ class JobBoard:
         """The request for ``job_id`` was refused before it became a job (bad input, full queue)."""
         with self._cv:
             rec = self._records.setdefault(job_id, _Record())
-            if rec.job is not None and not rec.job.finished:
+            if rec.live:
                 return  # a live job holds the id: this refusal was for a duplicate
-            rec.job, rec.error, rec.expires = None, error, time.monotonic() + self.linger_s
+            rec.job, rec.final, rec.error, rec.expires = None, None, error, time.monotonic() + self.linger_s
             due = self._take_due(job_id, rec)
             self._cv.notify_all()
         self._answer(due)
@@ -126,7 +134,7 @@ class JobBoard:
             rec = self._records.setdefault(job_id, _Record())
             if rec.job is not None:
                 rec.job.cancel(reason)
-            elif rec.error is None:
+            elif rec.error is None and rec.final is None:
                 rec.cancel_reason = reason
                 rec.expires = min(rec.expires, time.monotonic() + self.linger_s)
                 self._cv.notify_all()
@@ -138,7 +146,7 @@ class JobBoard:
         wait_s = min(max(float(wait_s), 0.0), MAX_WAIT_S)
         with self._cv:
             rec = self._records.setdefault(job_id, _Record())
-            if rec.job is None and rec.error is None:
+            if rec.job is None and rec.error is None and rec.final is None:
                 rec.expires = min(rec.expires, time.monotonic() + max(wait_s, self.linger_s))
             rec.watches.append(_Watch(int(after_step), time.monotonic() + wait_s, reply))
             due = self._take_due(job_id, rec)
@@ -147,16 +155,11 @@ class JobBoard:
 
     def snapshot(self, job_id: str, rec: _Record | None = None, after_step: int = 0) -> dict:
         rec = rec or self._records.get(job_id) or _Record()
-        job = rec.job
-        started = None
-        if job is not None and job.started_at is not None:
-            started = time.time() - (time.monotonic() - job.started_at)
-        return {"job_id": job_id, "status": rec.status, "num_steps": job.num_steps if job is not None else 0,
+        info = _summary(rec.job) if rec.job is not None else rec.final or {
+            "status": rec.status, "num_steps": 0, "started_at": None, "queued_s": None, "error": rec.error}
+        return {"job_id": job_id, **info,
                 "steps": [{"step": e.step, "num_steps": e.num_steps, "elapsed_s": round(e.elapsed_s, 6),
-                           "eta_s": round(e.eta_s, 6)} for e in rec.steps if e.step > after_step],
-                "started_at": started,
-                "queued_s": None if job is None or job.started_at is None else job.started_at - job.submitted_at,
-                "error": rec.error if job is None else (None if job.error is None else str(job.error))}
+                           "eta_s": round(e.eta_s, 6)} for e in rec.steps if e.step > after_step]}
 
     def __len__(self) -> int:
         with self._cv:
@@ -206,11 +209,20 @@ class JobBoard:
                 due = []
                 for job_id, rec in list(self._records.items()):
                     due += self._take_due(job_id, rec, now)
-                    live = rec.job is not None and not rec.job.finished
-                    if not live and not rec.watches and now >= rec.expires:
+                    if not rec.live and not rec.watches and now >= rec.expires:
                         del self._records[job_id]
                 deadlines = [w.deadline for rec in self._records.values() for w in rec.watches]
                 deadlines += [rec.expires for rec in self._records.values() if rec.expires < math.inf]
                 if not due:
                     self._cv.wait(max(0.0, min(deadlines) - now) + 0.001 if deadlines else None)
             self._answer(due)
+
+
+def _summary(job: DenoiseJob) -> dict:
+    """What a snapshot says about ``job`` (no tensors: a finished job's record is kept a while)."""
+    started = None
+    if job.started_at is not None:
+        started = time.time() - (time.monotonic() - job.started_at)
+    return {"status": job.status.value, "num_steps": job.num_steps, "started_at": started,
+            "queued_s": None if job.started_at is None else job.started_at - job.submitted_at,
+            "error": None if job.error is None else str(job.error)}
