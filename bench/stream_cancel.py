@@ -193,10 +193,11 @@ def main() -> int:
     at = [0, 1, a.cancels // 4, a.cancels // 2, 3 * a.cancels // 4, a.cancels]
     md += "| server total MiB | " + " | ".join(mib(tot[i]) for i in at) + " |\n"
     md += f"| {DIT} stub MiB | " + " | ".join(mib(dit[i]) for i in at) + " |\n"
-    md += (f"\nfrom cancel 1 to cancel {a.cancels}: total {(tot[-1] - tot[1]) / 2**20:+.1f} MiB, DiT stub "
-           f"{(dit[-1] - dit[1]) / 2**20:+.1f} MiB (the first request's growth is the allocator warming up at this size; "
-           "before a fix in the job board, a finished job's record kept its tensors for 30 s and the DiT stub grew "
-           "~1.7 MiB per cancel)\n\n")
+    md += (f"\nbefore the first cancel -> after the {a.cancels}th: total {(tot[-1] - tot[0]) / 2**20:+.1f} MiB, DiT stub "
+           f"{(dit[-1] - dit[0]) / 2**20:+.1f} MiB; range over the {a.cancels}: total {mib(max(tot) - min(tot))} MiB. "
+           "(The cancel measurements above ran this size first, so no allocator warm-up shows here. Before a fix in the "
+           "job board, a finished job's record kept its tensors for its 30 s linger and the DiT stub grew ~1.7 MiB "
+           "per cancel.)\n\n")
     md += ("**Streamed vs unary, same request** (wan_t2v, MP4 only, after one warm-up each, alternating; both paths "
            "run the same models, the stream adds ~15 event responses and one progress long-poll per step)\n\n"
            "| geometry | runs | unary median | stream median | stream - unary (median of pairs) | pairs |\n"

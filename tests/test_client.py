@@ -8,6 +8,7 @@ The fake *_stream models send the real streamed pipelines' event sequence (typed
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import os
@@ -319,6 +320,14 @@ def test_stream_cancel_from_another_thread_stops_the_server(client, server):
     assert wait_for_log(server, "stream 'sleep:5.2' cancelled by the client at step 1")
     stream.cancel()  # idempotent
     assert client.t2v("after", seed=2).mp4  # the client keeps working
+
+
+def test_a_stream_dropped_unfinished_is_cancelled(client, server):
+    stream = client.stream_t2v("sleep:5.6", seed=1)
+    assert isinstance(next(stream), RequestAccepted)
+    del stream
+    gc.collect()
+    assert wait_for_log(server, "stream 'sleep:5.6' cancelled by the client")
 
 
 def test_stream_cancel_before_start_sends_nothing(client):

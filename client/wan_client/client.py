@@ -430,6 +430,14 @@ class AsyncVideoStream:
     async def __aexit__(self, *exc) -> None:
         await self.aclose()
 
+    def __del__(self):
+        # a stream dropped unfinished (a consumer that stopped iterating) must not keep the server working
+        try:
+            if not self._finished and self._responses is not None:
+                self.cancel()
+        except Exception:
+            pass
+
     # --- internals -------------------------------------------------------------------------------------
     def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
