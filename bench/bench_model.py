@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "python_backend"))
 sys.path.insert(0, str(ROOT / "client"))
 
-from demo import demo_env as scripts_demo_env  # noqa: E402
+from demo import demo_env as scripts_demo_env, repository_copy as scripts_repository_copy  # noqa: E402
 from wan_distill.tiny import TinySpec, write_demo_checkpoints, write_model_dir  # noqa: E402
 
 # DiT: 8 layers at width 1024 (head_dim 128 as in Wan2.1), ffn 4x; T5 as the demo's (32 wide, 2 layers);
@@ -114,24 +114,12 @@ def start_server(env: dict[str, str], models: list[str], name: str, repository: 
 
 def repository_copy(name: str, params: dict[str, str], only: str = "") -> Path:
     """bench/out/model_repository_<name>: model_repository/ with config.pbtxt ``parameters`` set to ``params`` in every
-    python model whose name contains ``only`` (model.py files symlinked)."""
-    import re
+    python model whose name contains ``only`` (model.py files symlinked; scripts/demo.py ``repository_copy``)."""
     import shutil
-    src, dst = ROOT / "model_repository", OUT / f"model_repository_{name}"
+    dst = OUT / f"model_repository_{name}"
     if dst.exists():
         shutil.rmtree(dst)
-    for model in sorted(p for p in src.iterdir() if (p / "config.pbtxt").is_file()):
-        (dst / model.name / "1").mkdir(parents=True)
-        cfg = (model / "config.pbtxt").read_text()
-        if 'backend: "python"' in cfg:
-            (dst / model.name / "1" / "model.py").symlink_to((model / "1" / "model.py").resolve())
-            if only in model.name:
-                for key, value in params.items():
-                    line = f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
-                    cfg, n = re.subn(rf'^parameters {{ key: "{key}" .*$', line, cfg, flags=re.M)
-                    cfg += "" if n else line + "\n"
-        (dst / model.name / "config.pbtxt").write_text(cfg)
-    return dst
+    return scripts_repository_copy(dst, params, only)
 
 
 STAT_KEYS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")

@@ -26,10 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_model import ROOT, demo_env, emit, ensure_demo_models, header, mib, process_tree, total
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from demo import repository_copy  # noqa: E402
+from bench_model import demo_env, emit, ensure_demo_models, header, mib, process_tree, repository_copy, total
 
 LONG = dict(height=256, width=256, num_frames=9)
 SMALL = dict(height=32, width=48, num_frames=5)
@@ -157,8 +154,7 @@ def main() -> int:
     env = {**demo_env(dirs), "WAN_NUM_THREADS": "1"}
     load0 = loadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        repo = repository_copy(Path(tmp) / "model_repository", {DIT: {"max_jobs_per_call": "1"},
-                                                                 "wan_t2v_dit": {"max_jobs_per_call": "1"}})
+        repo = repository_copy("stream_cancel", {"max_jobs_per_call": "1"}, only="_dit")
         extra = ["--model-control-mode=explicit", *[f"--load-model={m}" for m in MODELS]]
         with TritonServer(repo, env=env, log_path=Path(tmp) / "server.log", extra_args=extra,
                           ready_timeout_s=600) as srv, WanClient(srv.grpc_url, timeout_s=600, retries=0) as client:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import io
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,19 +39,23 @@ def demo_env(t2v_dir: Path, i2v_dir: Path, lora: bool = False) -> dict[str, str]
             "WAN_I2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_i2v_baseline_40step_cfg_demo.json")}
 
 
-def repository_copy(dst: Path, params: dict[str, dict[str, str]]) -> Path:
-    """model_repository/ copied to ``dst`` with some config.pbtxt parameters changed, e.g.
-    ``{"wan_t2v_dit_baseline": {"max_jobs_per_call": "1"}}`` (tests and benches of one DiT slot). Paths must then come
-    from the WAN_* variables (``demo_env`` gives absolute ones)."""
-    shutil.copytree(ROOT / "model_repository", dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-    for model, values in params.items():
-        cfg = dst / model / "config.pbtxt"
-        text = cfg.read_text()
-        for key, value in values.items():
-            text, n = re.subn(rf'(key: "{key}" value: {{ string_value: )"[^"]*"', rf'\1"{value}"', text)
-            if n != 1:
-                raise KeyError(f"{cfg}: no parameter {key}")
-        cfg.write_text(text)
+def repository_copy(dst: Path, params: dict[str, str], only: str = "") -> Path:
+    """model_repository/ written to ``dst`` with config.pbtxt ``parameters`` set to ``params`` in every python model
+    whose name contains ``only`` (model.py files are symlinks to the real adapters), e.g.
+    ``repository_copy(tmp, {"max_jobs_per_call": "1"}, only="wan_t2v_dit_baseline")`` for one DiT slot. Paths must
+    then come from the WAN_* variables (``demo_env`` gives absolute ones)."""
+    src = ROOT / "model_repository"
+    for model in sorted(p for p in src.iterdir() if (p / "config.pbtxt").is_file()):
+        (dst / model.name / "1").mkdir(parents=True)
+        cfg = (model / "config.pbtxt").read_text()
+        if 'backend: "python"' in cfg:
+            (dst / model.name / "1" / "model.py").symlink_to((model / "1" / "model.py").resolve())
+            if only in model.name:
+                for key, value in params.items():
+                    line = f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+                    cfg, n = re.subn(rf'^parameters {{ key: "{key}" .*$', line, cfg, flags=re.M)
+                    cfg += "" if n else line + "\n"
+        (dst / model.name / "config.pbtxt").write_text(cfg)
     return dst
 
 
