@@ -215,6 +215,9 @@ def test_unreachable_server():
         with pytest.raises(ServerUnavailableError) as ei:
             c.t2v("x")
         assert ei.value.attempts == 3
+        with pytest.raises(ServerUnavailableError) as ei:  # a stream: the same error, the same retries
+            list(c.stream_t2v("x"))
+        assert ei.value.attempts == 3 and ei.value.code == "UNAVAILABLE"
         assert c.health() == {"live": False, "ready": False}
         with pytest.raises(ServerUnavailableError, match="not ready"):
             c.wait_ready(timeout_s=0.3)

@@ -351,6 +351,7 @@ class AsyncVideoStream:
         self._responses = None     # tritonclient's response iterator of the current attempt
         self._end: asyncio.Event | None = None  # set: the request side of the gRPC stream may close
         self._cancelled = self._finished = self._got_event = False
+        self._error: InferenceServerException | None = None  # from the server's "error" event
         self._attempt = 0
         self._t0: float | None = None
 
@@ -376,9 +377,13 @@ class AsyncVideoStream:
                 result, error = None, _grpc_error(e)
             except StopAsyncIteration:
                 result, error = None, InferenceServerException("the stream ended before the video arrived")
+            if error is not None and self._error is not None:
+                error = self._error  # the error event said what this is; the final error response repeats it
+            if error is None and self._error_event(result):
+                continue  # the final error response follows at once
             if error is not None:
                 err = from_triton(error, self.model, self._attempt)
-                self._abort()
+                self._release()  # the server has ended this request: close our side, never cancel it
                 if isinstance(err, ServerUnavailableError) and not self._got_event and \
                         self._attempt <= self._client.retries:
                     await asyncio.sleep(_retry_delay(self._client.backoff_s, self._attempt - 1))
@@ -442,6 +447,7 @@ class AsyncVideoStream:
     def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._attempt += 1
+        self._error = None
         self._t0 = self._t0 or time.monotonic()
         end = self._end = asyncio.Event()
         request = {"model_name": self.model, "inputs": self._inputs,
@@ -452,14 +458,22 @@ class AsyncVideoStream:
             yield request
             await end.wait()  # the request side stays open until the last response: closing it ends the stream
 
-        # triton_grpc_error: a failed request ends the stream with its real gRPC status (INVALID_ARGUMENT, ...)
-        self._responses = self._client._client.stream_infer(requests(), stream_timeout=self.timeout_s,
-                                                            headers={"triton_grpc_error": "true"})
+        # not the triton_grpc_error header (real gRPC statuses on streams): it crashes tritonserver 2.51; the
+        # server's streams send an "error" event with the status name instead
+        self._responses = self._client._client.stream_infer(requests(), stream_timeout=self.timeout_s)
 
     def _abort(self) -> None:
+        """Cancel the gRPC call (the server sees the client go away)."""
         if self._responses is not None:
             self._responses.cancel()
             self._responses = None
+        if self._end is not None:
+            self._end.set()
+
+    def _release(self) -> None:
+        """Close the request side of a call the server has ended. Not a cancel: tritonserver 2.51 can crash
+        (SIGSEGV in its stream handler) when a stream it closed with an error status is then cancelled."""
+        self._responses = None
         if self._end is not None:
             self._end.set()
 
@@ -468,6 +482,17 @@ class AsyncVideoStream:
         self._finished = True
         return RequestCancelledError("request cancelled by the client", code="CANCELLED", model=self.model,
                                      attempts=self._attempt)
+
+    def _error_event(self, result) -> bool:
+        """An ``error`` event (gRPC status name + the server's message): kept to be raised as its typed error."""
+        raw = result.as_numpy("EVENT")
+        if raw is None or not raw.size:
+            return False
+        data = json.loads(raw.reshape(-1)[0])
+        if data.get("type") != "error":
+            return False
+        self._error = InferenceServerException(msg=data.get("message", ""), status=f"StatusCode.{data.get('code')}")
+        return True
 
     def _event(self, result) -> StreamEvent | None:
         raw = result.as_numpy("EVENT")

@@ -162,19 +162,24 @@ class TritonPythonModel:
             data = json.dumps({"type": kind, "t": time.monotonic() - t0, **kw}).encode()
             return pb_utils.Tensor("EVENT", np.array([data], dtype=np.object_))
 
+        def fail(code, message):  # as the real streams: an error event (gRPC status name), then the final error
+            sender.send(pb_utils.InferenceResponse([event("error", code=code, message=message)]))
+            code = {"INVALID_ARGUMENT": "INVALID_ARG"}.get(code, code)
+            sender.send(_err(message, getattr(pb_utils.TritonError, code)), flags=final)
+
         parsed = self._parse(request)
         if isinstance(parsed, pb_utils.InferenceResponse):
-            sender.send(parsed, flags=final)
+            fail("INVALID_ARGUMENT", parsed.error().message())
             return
         prompt, seed, h, w, f, fps, image = parsed
         if prompt == "cancel":
-            sender.send(_err("request cancelled (fake model)", pb_utils.TritonError.CANCELLED), flags=final)
+            fail("CANCELLED", "request cancelled (fake model)")
             return
         if self.fail_first_k:
             self.calls[seed] += 1
             if self.calls[seed] <= self.fail_first_k:
-                sender.send(_err(f"warming up (fake): call {self.calls[seed]} of {self.fail_first_k} for seed {seed} "
-                                 "refused", pb_utils.TritonError.UNAVAILABLE), flags=final)
+                fail("UNAVAILABLE", f"warming up (fake): call {self.calls[seed]} of {self.fail_first_k} for seed "
+                                    f"{seed} refused")
                 return
         send = lambda *tensors: sender.send(pb_utils.InferenceResponse(list(tensors)))  # noqa: E731
         send(event("accepted", pipeline=self.name.removesuffix("_stream"), seed=seed, height=h, width=w,
@@ -191,7 +196,7 @@ class TritonPythonModel:
                 if sender.is_cancelled():
                     print(f"[fake_wan] {self.name}: stream '{prompt}' cancelled by the client at step {step}",
                           flush=True)
-                    sender.send(_err("request cancelled", pb_utils.TritonError.CANCELLED), flags=final)
+                    fail("CANCELLED", "request cancelled")
                     return
                 if time.monotonic() >= t_end:
                     break

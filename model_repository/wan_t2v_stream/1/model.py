@@ -1,6 +1,9 @@
 """wan_*_stream (decoupled): the pipeline's ensemble steps by BLS, streamed as JSON events, with a cancel that stops
 the DiT (``wan_distill.serving.stream``). Inputs: the ensemble's. Responses: EVENT each; the last one (FINAL) carries
-VIDEO_MP4 (+ FRAMES when the client asks for that output) or the first failing step's error unchanged.
+VIDEO_MP4 (+ FRAMES when the client asks for that output). A failure (the first failing step's error, unchanged) is an
+``error`` event with its gRPC status name, then the final error response: a stream error reaches a gRPC client as a
+message without a status unless the stream asked for ``triton_grpc_error``, which crashes tritonserver 2.51 (SIGSEGV
+in its stream handler after a few hundred failed streams; measured).
 
 ``async def execute`` starts one task per request and returns, so any number of streams run at once in this process
 (no torch here: it only moves tensors between the other models). Shared by wan_t2v_stream, wan_i2v_stream and the
@@ -51,9 +54,9 @@ class TritonPythonModel:
         except StepFailed as e:
             if e.code == "CANCELLED":
                 pb_utils.Logger.log_info(f"{self.name}: {e.message}")
-            _send_error(sender, pb_utils.TritonError(e.message, getattr(pb_utils.TritonError, e.code)))
+            _fail(sender, e.code, e.message)
         except Exception as e:
-            _send_error(sender, triton_io.error_response(e, self.name).error())
+            _fail(sender, "INTERNAL", triton_io.error_response(e, self.name).error().message())
 
     def finalize(self):
         for task in list(self.tasks):
@@ -108,8 +111,15 @@ def _named(name, tensor):
     return tensor if tensor.name() == name else pb_utils.Tensor(name, tensor.as_numpy())
 
 
-def _send_error(sender, error):
+GRPC_STATUS = {"INVALID_ARG": "INVALID_ARGUMENT", "UNSUPPORTED": "UNIMPLEMENTED"}  # the others keep their name
+
+
+def _fail(sender, code, message):
+    """The ``error`` event (what the client raises), then the final error response (Triton's failure count)."""
+    event = {"type": "error", "code": GRPC_STATUS.get(code, code), "message": message}
     try:
-        sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        sender.send(pb_utils.InferenceResponse(output_tensors=[event_tensor(event)]))
+        sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, code))),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
     except Exception:  # the client is gone (cancelled stream): nothing left to tell it
         pass

@@ -17,6 +17,7 @@ Events (JSON objects, each with ``type`` and ``t`` = seconds since the request a
     {"type": "step", "step", "num_steps", "elapsed_s", "eta_s", "queued_s", "started_at"}
     {"type": "stage_end", "stage", "seconds"}
     {"type": "done", "seconds", "height", "width", "num_frames"}   (sent with VIDEO_MP4, + FRAMES if asked)
+    {"type": "error", "code", "message"}             instead of done (sent by the adapter; then the error response)
 
 ``elapsed_s`` / ``eta_s`` count denoising time (from the job's first step); ``queued_s`` is how long the job waited
 for a DiT slot; ``started_at`` is the unix time its first step began. This module is pure asyncio: the Triton adapter
