@@ -312,8 +312,9 @@ def add_profile_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", default=os.environ.get("WAN_PROFILE", ""),
                     help="deployment profile (default $WAN_PROFILE; none: serve --model-repository as it is), "
                          "e.g. t2v-14b, t2v-1.3b, i2v-14b-480p, i2v-14b-720p, t2v+i2v, t2v-14b+baseline")
-    ap.add_argument("--profile-repository", default=None,
-                    help="where the profile's generated repository goes (default outputs/profiles/<profile>)")
+    ap.add_argument("--profile-repository", default=os.environ.get("WAN_PROFILE_REPOSITORY") or None,
+                    help="where the profile's generated repository goes (default $WAN_PROFILE_REPOSITORY, else "
+                         "outputs/profiles/<profile>)")
     ap.add_argument("--profile-device", choices=("gpu", "cpu"), default="gpu",
                     help="cpu: the profile's models as KIND_CPU instances (to try a profile on a CPU host)")
     ap.add_argument("--no-memory-check", action="store_true",

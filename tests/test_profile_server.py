@@ -53,3 +53,28 @@ def test_profile_repository_serves_only_its_models(tiny_models, tmp_path):
         out = client.infer("wan_t2v", items, outputs=[grpcclient.InferRequestedOutput("FRAMES")])
         assert out.as_numpy("FRAMES").shape == (5, 32, 48, 3)
         client.close()
+
+
+def test_exec_mode_hands_the_profile_to_the_binary(tmp_path):
+    """The container path (docker/Dockerfile's wan-serve): the launcher execs the binary with the generated
+    repository, explicit model control, one --load-model per model, then the caller's arguments; the profile's
+    settings reach it through the environment."""
+    import os
+    import subprocess
+
+    probe = tmp_path / "probe.sh"
+    probe.write_text('#!/bin/sh\necho "ARGS $*"\necho "ROOT $WAN_T2V_MODEL_PATH"\n')
+    probe.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAN_")}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "triton_server.py"), "--exec", str(probe), "--",
+                          "--exit-timeout-secs=30"], capture_output=True, text=True, timeout=60, check=True,
+                         env={**env, "WAN_PROFILE": "t2v-14b", "WAN_WEIGHTS_ROOT": "/w",
+                              "WAN_PROFILE_REPOSITORY": str(tmp_path / "repo"), "PATH": "/usr/bin:/bin"}).stdout
+    args = dict(line.split(" ", 1) for line in out.splitlines())
+    assert args["ARGS"].split() == [f"--model-repository={tmp_path / 'repo'}", "--model-control-mode=explicit",
+                                    *(f"--load-model={m}" for m in ("wan_t2v_request", "wan_t2v", "wan_t2v_stream",
+                                                                    "wan_t2v_dit", "wan_text_encoder",
+                                                                    "wan_vae_decoder", "wan_video_encoder")),
+                                    "--exit-timeout-secs=30"]
+    assert args["ROOT"] == "/w/Wan2.1-T2V-14B"
+    assert "KIND_GPU gpus: [ 0 ]" in (tmp_path / "repo" / "wan_t2v_dit" / "config.pbtxt").read_text()

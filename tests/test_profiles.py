@@ -162,3 +162,10 @@ def test_k8s_overlays_name_profiles():
         gpus = int(next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
                    ["resources"]["limits"]["nvidia.com/gpu"])
         assert len(r.gpu_need()) == gpus, overlay.name  # the overlay asks for as many GPUs as the profile uses
+
+
+def test_memory_table_covers_every_profile():
+    table = P.memory_table()
+    for name in P.PROFILES:
+        assert f"| {name} |" in table
+    assert "| t2v-14b+baseline | 720x1280x81 | 1 | GPU 0: **127.5 GiB**" in table  # needs a split (see the check)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .config import ConfigError, DiTConfig
-from .memory import (Geometry, MemoryPlanError, ModelMemory, dit_memory, gib, image_encoder_memory,
+from .memory import (GiB, Geometry, MemoryPlanError, ModelMemory, dit_memory, gib, image_encoder_memory,
                      text_encoder_memory, vae_decoder_memory)
 from .serving import repository as spec
 
@@ -308,3 +308,40 @@ def write_repository(resolved: ResolvedProfile, out: Path, adapters: Path, proje
                 link.unlink()
             link.symlink_to(target)
     return out
+
+
+def memory_table() -> str:
+    """Markdown: the computed memory plan per model and per profile (``python -m wan_distill.profiles``)."""
+    from . import memory as M
+
+    g480, g720 = P480, P720
+    lines = ["| model | params | dtype | weights | activations at 480x832x81 | at 720x1280x81 |", "|---|---|---|---|---|---|"]
+    for label, cfg in (("T2V-1.3B DiT", DiTConfig.t2v_1_3b()), ("T2V-14B DiT", DiTConfig.t2v_14b()),
+                       ("I2V-14B DiT", DiTConfig.i2v_14b())):
+        total = M.dit_params(cfg)[0]
+        lines.append(f"| {label} | {total / 1e9:.2f} B | bf16 (fp8) | {gib(M.dit_weight_bytes(cfg, 'bf16'))} "
+                     f"({gib(M.dit_weight_bytes(cfg, 'fp8'))}) | {gib(M.dit_activation_bytes(cfg, g480, 1))} per row "
+                     f"| {gib(M.dit_activation_bytes(cfg, g720, 1))} per row |")
+    t5 = M.text_encoder_memory("t5")
+    lines.append(f"| UMT5-XXL (wan_text_encoder) | {M.umt5_params() / 1e9:.2f} B | bf16 | {gib(t5.weights)} "
+                 f"| {gib(t5.activations)} | {gib(t5.activations)} |")
+    im = {g: M.image_encoder_memory("image", g) for g in (g480, g720)}
+    lines.append(f"| CLIP ViT-H/14 + VAE (wan_image_encoder) | {M.clip_params() / 1e9:.2f} B + "
+                 f"{M.WAN_VAE_PARAMS / 1e9:.2f} B | fp32 | {gib(im[g480].weights)} | {gib(im[g480].activations)} "
+                 f"| {gib(im[g720].activations)} |")
+    vae = {g: M.vae_decoder_memory("vae", g) for g in (g480, g720)}
+    lines.append(f"| Wan VAE (wan_vae_decoder) | {M.WAN_VAE_PARAMS / 1e9:.2f} B | fp32 | {gib(vae[g480].weights)} "
+                 f"| {gib(vae[g480].activations)} | {gib(vae[g720].activations)} |")
+    lines += ["", "| profile | plans for | DiT rows per call | per GPU (each model + 1 GiB CUDA context) |",
+              "|---|---|---|---|"]
+    for n in [*PROFILES, "t2v-1.3b+baseline", "t2v-14b+baseline"]:
+        r = resolve(n, {"WAN_WEIGHTS_ROOT": "/nonexistent"})  # the releases' architectures
+        per = "; ".join(f"GPU {g}: **{gib(sum(m.total for m in ms))}** = "
+                        + " + ".join(f"{m.model.removeprefix('wan_')} {m.total / GiB:.1f}" for m in ms)
+                        for g, ms in r.by_gpu().items())
+        lines.append(f"| {n} | {r.profile.geometry} | {r.profile.dit_rows} | {per} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(memory_table())
