@@ -25,8 +25,8 @@ from .memory import (GiB, Geometry, MemoryPlanError, ModelMemory, dit_memory, gi
                      text_encoder_memory, vae_decoder_memory)
 from .serving import repository as spec
 
-__all__ = ["Profile", "PROFILES", "ProfileError", "Placement", "ResolvedProfile", "parse_gpu_map", "resolve",
-           "write_repository", "split_that_fits"]
+__all__ = ["Profile", "PROFILES", "DEFAULT_PROFILE", "ProfileError", "Placement", "ResolvedProfile", "parse_gpu_map",
+           "resolve", "advice", "split_that_fits", "write_repository", "memory_table"]
 
 COMPONENT_MODELS = {"text": "wan_text_encoder", "image": "wan_image_encoder", "vae": "wan_vae_decoder"}
 CPU_ONLY = ("wan_video_encoder",)  # MP4 encoding (libx264 on the CPU); requests / ensembles / streams need no GPU
