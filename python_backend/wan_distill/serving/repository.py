@@ -61,6 +61,7 @@ class ModelSpec:
     adapter: str = ""                 # model folder whose 1/model.py serves this model (shared adapters are symlinks)
     instance_kind: str = "KIND_CPU"
     instance_count: int = 1
+    gpus: tuple[int, ...] = ()        # KIND_GPU devices (deployment profiles, wan_distill.profiles); () = all
     header: str = ""                  # comment lines at the top
     decoupled: bool = False           # model_transaction_policy { decoupled: true } (any number of responses)
 
@@ -279,7 +280,8 @@ def render(spec: ModelSpec) -> str:
             lines.append("    }" + ("," if i < len(spec.steps) - 1 else ""))
         lines += ["  ]", "}"]
     else:
-        lines.append(f"instance_group [ {{ count: {spec.instance_count} kind: {spec.instance_kind} }} ]")
+        gpus = f" gpus: [ {', '.join(map(str, spec.gpus))} ]" if spec.gpus else ""
+        lines.append(f"instance_group [ {{ count: {spec.instance_count} kind: {spec.instance_kind}{gpus} }} ]")
         for key, value, note in spec.params:
             lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
                          + (f"  # {note}" if note else ""))
