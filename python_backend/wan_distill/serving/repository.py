@@ -6,7 +6,7 @@
 Adding an input to the DiTs or the pipelines is one edit below. Each pipeline is an ensemble::
 
     wan_t2v : <pipeline>_request -> wan_text_encoder -> wan_t2v_dit -> wan_vae_decoder -> wan_video_encoder
-    wan_i2v : <pipeline>_request -> wan_text_encoder + wan_image_encoder -> wan_i2v_dit -> wan_vae_decoder -> ...
+    wan_i2v : <pipeline>_request -> wan_image_encoder -> wan_text_encoder -> wan_i2v_dit -> wan_vae_decoder -> ...
 
 The request step validates every client input and resolves every default from the pipeline's run config before
 anything fans out, so the composing models only ever see explicit, checked values.
@@ -170,13 +170,21 @@ def _ensemble(p: Pipeline) -> ModelSpec:
         text_out["NEGATIVE_TEXT_EMBEDDING"] = dit_in["NEGATIVE_TEXT_EMBEDDING"] = "negative_text_embedding"
     else:
         del checked["NEGATIVE_PROMPT"]  # a distilled run has no unconditional branch
-    encoders = [Step("wan_text_encoder", text_in, text_out, stage="text")]
+    encoders = []
     if p.is_i2v:
-        encoders.append(Step("wan_image_encoder", {"IMAGE": "image", "HEIGHT": "height", "WIDTH": "width",
-                                                   "NUM_FRAMES": "num_frames"},
-                             {"CLIP_FEATURE": "clip_feature", "IMAGE_LATENT": "image_latent"}, stage="image"))
+        # a chain, not two parallel steps: with one of two parallel steps failing while the other still runs,
+        # tritonserver 2.51 can lose the ensemble request (bursts of failing I2V requests wedged the server). The
+        # image encoder passes the prompts through, so the text encoder starts only after it succeeded.
+        image_in = {"IMAGE": "image", "HEIGHT": "height", "WIDTH": "width", "NUM_FRAMES": "num_frames"}
+        image_out = {"CLIP_FEATURE": "clip_feature", "IMAGE_LATENT": "image_latent"}
+        for key, tensor in list(text_in.items()):
+            image_in[key] = tensor
+            image_out[f"{key}_OUT"] = text_in[key] = f"{tensor}_after_image"
+        encoders.append(Step("wan_image_encoder", image_in, image_out, stage="image",
+                             note="PROMPT (and NEGATIVE_PROMPT) pass through: the text encoder runs after this step"))
         dit_in.update(CLIP_FEATURE="clip_feature", IMAGE_LATENT="image_latent")
-    else:
+    encoders.append(Step("wan_text_encoder", text_in, text_out, stage="text"))
+    if not p.is_i2v:
         dit_in.update(HEIGHT="height", WIDTH="width", NUM_FRAMES="num_frames")
     steps = (Step(p.request, {io.name: io.name for io in p.client_inputs}, checked), *encoders,
              Step(p.dit, dit_in, {"LATENTS": "latents"}, stage="denoise"),
@@ -225,7 +233,9 @@ def repository() -> list[ModelSpec]:
         header="# The same UMT5 file ships in every Wan2.1 model root; the first variable that is set wins.")
     image = ModelSpec(
         "wan_image_encoder", (IMAGE.opt("absent -> INVALID_ARGUMENT naming IMAGE"), HEIGHT.opt(), WIDTH.opt(),
-                              NUM_FRAMES.opt()), (CLIP_FEATURE, IMAGE_LATENT), adapter="wan_image_encoder",
+                              NUM_FRAMES.opt(), PROMPT.opt("passed through"), NEGATIVE_PROMPT.opt("passed through")),
+        (CLIP_FEATURE, IMAGE_LATENT, replace(PROMPT, name="PROMPT_OUT"),
+         replace(NEGATIVE_PROMPT, name="NEGATIVE_PROMPT_OUT")), adapter="wan_image_encoder",
         params=(*_weights("WAN_I2V_MODEL_PATH", "configs/distill/wan_i2v_distill_4step_cfg.json", "WAN_I2V_CONFIG"),
                 THREADS))
     vae = ModelSpec(
