@@ -159,17 +159,38 @@ def test_decoder_error_stops_the_encoder_thread():
 
 def test_x264_settings_validate_and_change_the_encode():
     assert X264Settings() == X264Settings.from_params({}) == X264Settings.from_params({"preset": "", "crf": ""})
-    assert X264Settings.from_params({"preset": "veryfast", "crf": "20", "x264_threads": "2"}) == \
-        X264Settings("veryfast", 20, 2)
+    assert X264Settings.from_params({"preset": "veryfast", "crf": "20", "x264_threads": "2",
+                                     "x264_lookahead": "10"}) == X264Settings("veryfast", 20, 2, 10)
     for params, field in (({"preset": "warp"}, "preset"), ({"crf": "52"}, "crf"), ({"crf": "x"}, "crf"),
-                          ({"x264_threads": "-1"}, "threads")):
+                          ({"x264_threads": "-1"}, "threads"), ({"x264_lookahead": "-2"}, "lookahead")):
         with pytest.raises(ValueError, match=field):
             X264Settings.from_params(params)
     assert X264Settings().options() == {"crf": "23", "preset": "medium"}   # the encode as before: x264's threads
     assert X264Settings(threads=3).options()["threads"] == "3"
+    assert X264Settings(lookahead=10).options()["x264-params"] == "rc-lookahead=10"
     frames = moving_frames()
     default = encode_mp4(frames, 16)
     assert same_video(encode_mp4(frames, 16, settings=X264Settings(threads=1)), default)
     coarse = decode_mp4(encode_mp4(frames, 16, settings=X264Settings(crf=51)))
     err = lambda x: np.abs(x.astype(np.int16) - frames.astype(np.int16)).mean()  # noqa: E731
     assert coarse.shape == frames.shape and err(coarse) > err(decode_mp4(default)) + 1   # CRF reaches x264
+
+
+def test_short_lookahead_lets_x264_encode_while_frames_arrive():
+    """With the preset's 40-frame lookahead x264 returns no packet for 20 frames (all work waits for the flush); with
+    lookahead 4 packets come out while frames are still being fed, which is what lets the encode overlap the decode."""
+    from wan_distill import video
+
+    frames = moving_frames(20, 64, 96)
+    packets = {}
+    for lookahead in (-1, 4):
+        writer = video._Writer(64, 96, 16, X264Settings(lookahead=lookahead, threads=1))
+        count = []
+        for frame in frames:
+            pk = writer.stream.encode(writer.av.VideoFrame.from_ndarray(frame, format="rgb24"))
+            count.append(len(pk))
+            writer.container.mux(pk)
+        decoded = decode_mp4(writer.finish())
+        packets[lookahead] = sum(count)
+        assert decoded.shape == frames.shape
+    assert packets[-1] == 0 and packets[4] > 5

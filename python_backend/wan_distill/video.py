@@ -25,14 +25,19 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 @dataclass(frozen=True)
 class X264Settings:
-    """libx264 settings. Defaults = x264's own (``medium``, CRF 23, threads chosen by x264: ~1.5 x cores).
+    """libx264 settings. Defaults = x264's own (``medium``, CRF 23, threads chosen by x264: ~1.5 x cores, the
+    preset's rate-control lookahead: 40 frames for medium).
 
     A faster preset or a higher CRF changes the video; ``threads`` mostly changes speed (frame threads can shift the
-    rate control slightly). Measured: bench/results/x264_settings.md."""
+    rate control slightly). ``lookahead`` (x264's rc-lookahead; -1 = the preset's): x264 holds that many frames
+    before it encodes the first, so with the default 40 most of an 81-frame encode waits for the end of the decode;
+    a short lookahead lets the encode keep pace with the decode (slightly different video). Measured:
+    bench/results/x264_settings.md, bench/results/decode_encode.md."""
 
     preset: str = "medium"
     crf: int = 23
     threads: int = 0  # 0 = x264 decides
+    lookahead: int = -1  # -1 = the preset's rc-lookahead
 
     def __post_init__(self):
         if self.preset not in X264_PRESETS:
@@ -41,10 +46,13 @@ class X264Settings:
             raise ValueError(f"crf: must be an integer in [0, 51], got {self.crf!r}")
         if not (isinstance(self.threads, int) and 0 <= self.threads <= 64):
             raise ValueError(f"threads: must be an integer in [0, 64] (0 = x264 decides), got {self.threads!r}")
+        if not (isinstance(self.lookahead, int) and -1 <= self.lookahead <= 250):
+            raise ValueError(f"lookahead: must be an integer in [-1, 250] (-1 = the preset's), got {self.lookahead!r}")
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> X264Settings:
-        """From config.pbtxt string parameters ``preset``, ``crf``, ``x264_threads`` (absent or empty = default)."""
+        """From config.pbtxt string parameters ``preset``, ``crf``, ``x264_threads``, ``x264_lookahead`` (absent or
+        empty = default)."""
         d = cls()
 
         def integer(key: str, default: int) -> int:
@@ -54,13 +62,15 @@ class X264Settings:
             except ValueError:
                 raise ValueError(f"{key}: must be an integer, got {value!r}") from None
         return cls(preset=params.get("preset", "") or d.preset, crf=integer("crf", d.crf),
-                   threads=integer("x264_threads", d.threads))
+                   threads=integer("x264_threads", d.threads), lookahead=integer("x264_lookahead", d.lookahead))
 
     def options(self) -> dict[str, str]:
-        """libx264 options (``threads`` only when set: unset is x264's automatic choice, the previous behaviour)."""
+        """libx264 options (``threads`` / lookahead only when set: unset is x264's own choice, the previous encode)."""
         opts = {"crf": str(self.crf), "preset": self.preset}
         if self.threads:
             opts["threads"] = str(self.threads)
+        if self.lookahead >= 0:
+            opts["x264-params"] = f"rc-lookahead={self.lookahead}"
         return opts
 
 
