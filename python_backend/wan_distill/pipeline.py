@@ -4,8 +4,8 @@ Stages (each one Triton model in the served ensembles):
   text   : prompt -> T5 context [L, text_dim]                         (:class:`~.models.text_encoder.WanTextEncoder`)
   image  : RGB image -> CLIP tokens [257, image_dim] + y [20, t, h, w]  (:class:`ImageConditioner`, I2V only)
   dit    : context (+ clip, y) + seed -> latents [16, t, h, w]         (:class:`~.engine.DenoiseEngine`)
-  vae    : latents -> uint8 frames [F, H, W, 3]                        (:meth:`~.models.vae.WanVAE.decode_to_uint8`)
-  mp4    : frames -> H.264 MP4 bytes                                   (:func:`~.video.encode_mp4`)
+  vae    : latents -> uint8 frames [F, H, W, 3]                        (:meth:`~.models.vae.WanVAE.decode_uint8_chunks`)
+  mp4    : frames -> H.264 MP4 bytes, encoded while the next latent frame decodes      (:func:`~.video.decode_to_mp4`)
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from .models.text_encoder import WanTextEncoder
 from .models.vae import WanVAE
 from .parallel import SequenceParallelDiT
 from .requests import Geometry, VideoRequest, decode_image, parse_video_request
-from .video import encode_mp4
+from .video import decode_to_mp4
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +198,13 @@ class WanPipeline:
         return self._finish(latents, req, timings)
 
     def _finish(self, latents: torch.Tensor, req: VideoRequest, timings: dict[str, float]) -> VideoResult:
-        with _timed(timings, "vae"):
-            frames = self.vae.decode_to_uint8(latents.to(self.engine.device)).cpu().numpy()
-        with _timed(timings, "mp4"):
-            mp4 = encode_mp4(frames, req.fps)
-        return VideoResult(frames, mp4, latents, timings)
+        """Decode with the MP4 encode overlapped (as wan_decode_to_mp4): ``vae`` = the decode loop, ``mp4`` = the
+        encode left after the last frame decoded (the rest ran behind the decode)."""
+        out = decode_to_mp4(self.vae.decode_uint8_chunks(latents.to(self.engine.device)),
+                            self.vae.num_frames(latents.shape[1]), req.fps, keep_frames=True)
+        timings["vae"] = out.decode_seconds
+        timings["mp4"] = out.total_seconds - out.decode_seconds
+        return VideoResult(out.frames, out.mp4, latents, timings)
 
 
 class _timed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .config import RunConfig
 from .errors import InvalidRequest
@@ -118,7 +118,8 @@ def parse_video_request(run: RunConfig, *, prompt: bytes | str | None, seed: int
 
 
 def decode_image(data: bytes | None, max_pixels: int) -> Image.Image:
-    """Encoded PNG/JPEG/WebP bytes -> RGB PIL image, bounded in size before any pixel is decoded."""
+    """Encoded PNG/JPEG/WebP bytes -> upright RGB PIL image (EXIF orientation applied), bounded in size before any
+    pixel is decoded."""
     if data is None or len(data) == 0:
         raise InvalidRequest("IMAGE", "is required for image-to-video (encoded PNG, JPEG or WebP bytes)")
     if len(data) > MAX_IMAGE_BYTES:
@@ -136,6 +137,7 @@ def decode_image(data: bytes | None, max_pixels: int) -> Image.Image:
         raise InvalidRequest("IMAGE", f"must be at least 16x16 pixels, got {w}x{h}")
     try:
         img.load()
+        img = ImageOps.exif_transpose(img)  # a camera's orientation tag (portrait shots) turns the pixels upright
     except Exception:
         raise InvalidRequest("IMAGE", "is truncated or corrupt and could not be decoded") from None
     return img.convert("RGB")

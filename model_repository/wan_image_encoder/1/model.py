@@ -1,4 +1,7 @@
-"""wan_image_encoder (I2V): IMAGE bytes (+ HEIGHT/WIDTH as max area, NUM_FRAMES) -> CLIP tokens + y (mask | VAE latent)."""
+"""wan_image_encoder (I2V): IMAGE bytes (+ HEIGHT/WIDTH as max area, NUM_FRAMES) -> CLIP tokens + y (mask | VAE latent).
+
+PROMPT / NEGATIVE_PROMPT pass through unchanged (PROMPT_OUT / NEGATIVE_PROMPT_OUT): the I2V ensemble is a chain, the
+text encoder runs after this step (see wan_distill.serving.repository)."""
 import sys
 from pathlib import Path
 
@@ -29,5 +32,9 @@ class TritonPythonModel:
                              triton_io.scalar(request, "WIDTH"), triton_io.scalar(request, "NUM_FRAMES"))
         image = self.conditioner.decode(triton_io.scalar(request, "IMAGE"))
         cond = self.conditioner(image, geo.height * geo.width, geo.num_frames)
-        return [triton_io.tensor("CLIP_FEATURE", cond.clip_fea.numpy()),
-                triton_io.tensor("IMAGE_LATENT", cond.y.numpy())]
+        outputs = [triton_io.tensor("CLIP_FEATURE", cond.clip_fea.numpy()),
+                   triton_io.tensor("IMAGE_LATENT", cond.y.numpy())]
+        for name in ("PROMPT", "NEGATIVE_PROMPT"):
+            if f"{name}_OUT" in request.requested_output_names():
+                outputs.append(triton_io.bytes_tensor(f"{name}_OUT", triton_io.scalar(request, name, required=True)))
+        return outputs

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""VAE decode + MP4 encode, sequential (decode_to_uint8, then encode_mp4: what wan_vae_decoder -> wan_video_encoder
+do) vs overlapped (wan_distill.video.decode_to_mp4: each latent frame's frames go to the encoder thread while the next
+one decodes; what wan_decode_to_mp4 does). Same latents, same decoder, alternating runs, medians; CPU.
+
+    .venv/bin/python bench/decode_encode.py [--reps 3] [--threads 1] [--write]
+
+The decoder is the tiny demo checkpoint's VAE (random weights; time does not depend on the values) at the demo
+geometry, 192x320 x 17 frames. ``--threads``: torch intra-op threads (1 = what a served stub gets with
+WAN_NUM_THREADS=1); x264 picks its own threads in both runs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import DEMO_CONFIGS, emit, ensure_demo_models, header  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from wan_distill.config import RunConfig  # noqa: E402
+from wan_distill.loaders.vae import load_decoder  # noqa: E402
+from wan_distill.video import X264Settings, decode_mp4, decode_to_mp4, encode_mp4  # noqa: E402
+
+SHORT_LOOKAHEAD = X264Settings(lookahead=10)  # opt-in: x264 starts encoding after 10 frames instead of 40
+
+
+def sequential(decoder, z, fps):
+    t0 = time.perf_counter()
+    frames = decoder.decode_to_uint8(z).numpy()
+    t1 = time.perf_counter()
+    mp4 = encode_mp4(frames, fps)
+    t2 = time.perf_counter()
+    return {"decode": t1 - t0, "encode": t2 - t1, "total": t2 - t0}, frames, mp4
+
+
+def overlapped(decoder, z, fps, settings=None):
+    out = decode_to_mp4(decoder.decode_uint8_chunks(z), decoder.num_frames(z.shape[1]), fps, settings, keep_frames=True)
+    return {"decode": out.decode_seconds, "encode": out.encode_seconds, "total": out.total_seconds}, out.frames, out.mp4
+
+
+def overlapped_short_lookahead(decoder, z, fps):
+    return overlapped(decoder, z, fps, SHORT_LOOKAHEAD)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--height", type=int, default=192)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--write", action="store_true", help="write bench/results/decode_encode.md")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    dirs = ensure_demo_models()
+    run = RunConfig.from_json(DEMO_CONFIGS / "wan_t2v_distill_4step_demo.json")
+    decoder = load_decoder(dirs["t2v"], run, "cpu")
+    z = torch.randn(16, (a.frames - 1) // 4 + 1, a.height // 8, a.width // 8, generator=torch.Generator().manual_seed(0))
+    fps = 16
+    runs = {"sequential": sequential, "overlapped (default x264: wan_decode_to_mp4)": overlapped,
+            "overlapped, x264 lookahead 10 (opt-in)": overlapped_short_lookahead}
+    for fn in runs.values():
+        fn(decoder, z, fps)  # warm-up
+    samples: dict[str, list[dict[str, float]]] = {k: [] for k in runs}
+    ref = None
+    for _ in range(a.reps):
+        for name, fn in runs.items():
+            times, frames, mp4 = fn(decoder, z, fps)
+            samples[name].append(times)
+            ref = frames if ref is None else ref
+            assert np.array_equal(frames, ref), "frames differ between the two paths"
+            assert decode_mp4(mp4).shape == frames.shape
+    med = {k: {s: statistics.median(x[s] for x in v) for s in ("decode", "encode", "total")}
+           for k, v in samples.items()}
+    seq, ovl = med["sequential"], med["overlapped (default x264: wan_decode_to_mp4)"]
+    short = med["overlapped, x264 lookahead 10 (opt-in)"]
+    md = header("Decode + encode: sequential vs overlapped (CPU)")
+    md += (f"- geometry {a.height}x{a.width} x {a.frames} frames (latents 16x{z.shape[1]}x{z.shape[2]}x{z.shape[3]}), "
+           f"tiny demo VAE (random weights), torch threads {a.threads}, x264 defaults (medium, CRF 23, its own "
+           f"threads); median of {a.reps} alternating runs after a warm-up; frames identical in every run\n\n")
+    md += "| path | decode s | encode s (busy) | decode + encode s |\n|---|---|---|---|\n"
+    for name in runs:
+        m = med[name]
+        md += f"| {name} | {m['decode']:.3f} | {m['encode']:.3f} | {m['total']:.3f} |\n"
+    hidden = (seq["total"] - ovl["total"]) / seq["encode"] if seq["encode"] else 0.0
+    hidden_short = (seq["decode"] + short["encode"] - short["total"]) / short["encode"] if short["encode"] else 0.0
+    md += (f"\nOverlapped / sequential: **{ovl['total'] / seq['total']:.2f}×** the time, {100 * hidden:.0f} % of the "
+           f"encode hidden behind the decode; with x264's lookahead at 10 frames **{short['total'] / seq['total']:.2f}×**, "
+           f"{100 * hidden_short:.0f} % hidden. x264 holds `rc-lookahead` frames (40 for medium) before it encodes the "
+           "first, so with the default most of the encode still waits for the last decoded frame; a short lookahead "
+           "lets it keep pace (a slightly different video: bench/results/x264_settings.md). On a GPU host the decode "
+           "runs on the GPU and the encoder thread on the CPU (not measured here); on this shared 2-core CPU they "
+           "compete for the same cores.\n")
+    emit("decode_encode", md, a.write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
