@@ -5,8 +5,8 @@ For each ``--arch`` (1.3b, 14b; tiny for the CPU check) it writes a Wan2.1-layou
 (the DiT made on the device, bf16 on CUDA), serves it with the profile (t2v-1.3b / t2v-14b, ``+baseline`` with
 ``--baseline``) from its generated repository, and reports:
   * end-to-end latency of the ``wan_t2v`` ensemble (after one warm-up request) with the per-stage breakdown from the
-    server (text encoder: Triton's compute time; DiT steps, VAE decode, MP4 encode: the models' own metrics; the rest
-    is transfer and scheduling);
+    server (text encoder and the decode->MP4 step: Triton's compute time; DiT steps, VAE decode and the overlapped
+    MP4 encoder's busy time: the models' own metrics; the rest is transfer and scheduling);
   * peak memory per model process (GPU: nvidia-smi per stub PID, polled; CPU: the stub's peak RSS);
   * served frames vs the in-process pipeline on the same device, same seed (CPU: exact; GPU bf16: stated tolerance);
   * with ``--baseline``: the served 50-step CFG baseline latency and the baseline / distilled ratio;
@@ -169,35 +169,35 @@ def served(args, arch: str, root: Path, work: Path, device: torch.device) -> dic
         env["WAN_GPU_MAP"] = args.gpu_map
     repo, tritonserver_args, model_env = prepare_profile(profile, work / "repo", env=env,
                                                          device="gpu" if cuda else "cpu", memory_check=cuda)
-    envdir = Path(args.env)
-    # the stubs import the package from this checkout: a .pth in the stub environment's own site-packages
-    site = sorted((envdir / "venv").glob("lib/python3.*/site-packages"))[-1]
-    (site / "wan_checkout.pth").write_text(f"{ROOT / 'python_backend'}\n{ROOT / 'client'}\n")
-    server_env = {**env, **model_env, "LD_LIBRARY_PATH": str(envdir / "triton" / "lib")}
+    triton_dir, venv = triton_and_venv(args)
+    server_env = {**env, **model_env, "LD_LIBRARY_PATH": str(triton_dir / "lib")}
     geo = dict(height=args.height, width=args.width, num_frames=args.frames)
     res: dict = {"profile": profile, "models": tritonserver_args[1:]}
     t0 = time.perf_counter()
     with GpuMemoryPoller() if cuda else _Null() as poller, \
             TritonServer(repo, env=server_env, extra_args=tritonserver_args, log_path=work / "server.log",
-                         ready_timeout_s=1800, triton_dir=envdir / "triton", venv=envdir / "venv") as srv:
+                         ready_timeout_s=1800, triton_dir=triton_dir, venv=venv) as srv:
         res["load_s"] = time.perf_counter() - t0
         client = grpcclient.InferenceServerClient(srv.grpc_url)
         res["warmup_s"], _, _ = infer(client, "wan_t2v", args.seed, geo)
         before_m, before_t = metric_sums(srv.metrics_url), model_stats(client, "wan_text_encoder")
+        before_d = model_stats(client, "wan_decode_to_mp4")
         runs = []
         for _ in range(args.reps):
             s, mp4, frames = infer(client, "wan_t2v", args.seed, geo)
             runs.append(s)
         after_m, after_t = metric_sums(srv.metrics_url), model_stats(client, "wan_text_encoder")
+        after_d = model_stats(client, "wan_decode_to_mp4")
         n = args.reps
         res.update(e2e_s=runs, frames_shape=list(frames.shape), mp4_bytes=len(mp4), served_frames=frames,
                    text_s=(after_t["compute_infer_s"] - before_t["compute_infer_s"]) / n,
+                   decode_step_s=(after_d["compute_infer_s"] - before_d["compute_infer_s"]) / n,
                    dit_s=(_metric(after_m, "wan_dit_step_duration_seconds_sum", "wan_t2v_dit")
                           - _metric(before_m, "wan_dit_step_duration_seconds_sum", "wan_t2v_dit")) / n,
-                   vae_s=(_metric(after_m, "wan_vae_decode_duration_seconds_sum", "wan_vae_decoder")
-                          - _metric(before_m, "wan_vae_decode_duration_seconds_sum", "wan_vae_decoder")) / n,
-                   mp4_s=(_metric(after_m, "wan_mp4_encode_duration_seconds_sum", "wan_video_encoder")
-                          - _metric(before_m, "wan_mp4_encode_duration_seconds_sum", "wan_video_encoder")) / n)
+                   vae_s=(_metric(after_m, "wan_vae_decode_duration_seconds_sum", "wan_decode_to_mp4")
+                          - _metric(before_m, "wan_vae_decode_duration_seconds_sum", "wan_decode_to_mp4")) / n,
+                   mp4_s=(_metric(after_m, "wan_mp4_encode_duration_seconds_sum", "wan_decode_to_mp4")
+                          - _metric(before_m, "wan_mp4_encode_duration_seconds_sum", "wan_decode_to_mp4")) / n)
         if args.baseline:
             res["baseline_s"], _, _ = infer(client, "wan_t2v_baseline", args.seed, geo)  # one cold run
         client.close()
@@ -211,6 +211,17 @@ def served(args, arch: str, root: Path, work: Path, device: torch.device) -> dic
             res["memory"] = {k.rsplit(" (pid", 1)[0]: v.get("VmHWM", 0) for k, v in tree.items()}
             res["memory_kind"] = "peak host RSS (VmHWM; CPU run)"
     return res
+
+
+def triton_and_venv(args) -> tuple[Path, Path]:
+    """--env (a bench/gpu_bundle.sh folder): its triton/ and venv/, with this checkout put on the stub venv's path
+    (a .pth in its own site-packages); otherwise the development layout (.triton/server, .venv)."""
+    if not args.env:
+        return ROOT / ".triton" / "server", ROOT / ".venv"
+    env = Path(args.env)
+    site = sorted((env / "venv").glob("lib/python3.*/site-packages"))[-1]
+    (site / "wan_checkout.pth").write_text(f"{ROOT / 'python_backend'}\n{ROOT / 'client'}\n")
+    return env / "triton", env / "venv"
 
 
 class _Null:
@@ -249,19 +260,21 @@ def render(args, results: dict, device: torch.device, argv: list[str]) -> str:
           f"warm-up; weights random ({'bf16' if cuda else 'fp32'} DiT), UMT5 at XXL width with {args.t5_layers} of 24 "
           f"layers (tiny vocabulary), Wan VAE dim 96 fp32" if any(a in ("1.3b", "14b") for a in results) else
           f"- geometry {args.height}x{args.width}x{args.frames}, seed {args.seed}; tiny demo-size models",
-          "", "| arch | profile | load s | e2e s (runs) | text s | DiT steps s | VAE s | MP4 s | rest s | frames "
-          "| served = in-process |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "", "| arch | profile | load s | e2e s (runs) | text s | DiT steps s | decode->MP4 step s (VAE decode / "
+          "MP4 encoder busy, overlapped) | rest s | frames | served = in-process |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for arch, r in results.items():
         if "error" in r:
-            md.append(f"| {arch} | {r.get('profile', '')} | error: {r['error']} |||||||||")
+            md.append(f"| {arch} | {r.get('profile', '')} | error: {r['error']} ||||||||")
             continue
         e2e = sorted(r["e2e_s"])[len(r["e2e_s"]) // 2]
-        rest = e2e - r["text_s"] - r["dit_s"] - r["vae_s"] - r["mp4_s"]
+        rest = e2e - r["text_s"] - r["dit_s"] - r["decode_step_s"]
         c = r.get("compare", {})
         eq = ("n/a" if not c else f"{'yes' if c.get('ok') else 'NO'} (max {c.get('max')}, mean {c.get('mean', 0):.3f}, "
               f"p99 {c.get('p99', 0):.1f}, {100 * c.get('equal', 0):.1f}% equal)")
         md.append(f"| {arch} | {r['profile']} | {r['load_s']:.1f} | **{e2e:.2f}** ({' / '.join(f'{x:.2f}' for x in r['e2e_s'])}) "
-                  f"| {r['text_s']:.2f} | {r['dit_s']:.2f} | {r['vae_s']:.2f} | {r['mp4_s']:.2f} | {rest:.2f} "
+                  f"| {r['text_s']:.2f} | {r['dit_s']:.2f} | {r['decode_step_s']:.2f} ({r['vae_s']:.2f} / "
+                  f"{r['mp4_s']:.2f}) | {rest:.2f} "
                   f"| {'x'.join(map(str, r['frames_shape']))} | {eq} |")
     md.append("")
     for arch, r in results.items():
@@ -286,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", action="append", choices=("tiny", "small", "1.3b", "14b"), help="repeatable (default 1.3b, 14b)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--env", required=True, help="folder made by bench/gpu_bundle.sh unpack (triton/, venv/)")
+    ap.add_argument("--env", default="", help="folder made by bench/gpu_bundle.sh unpack (triton/, venv/); "
+                                              "default: this checkout's .triton/server and .venv (make setup)")
     ap.add_argument("--work", default="/tmp/gpu_serve", help="model roots, generated repository, server log")
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
