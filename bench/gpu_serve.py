@@ -16,7 +16,8 @@ The text encoder is UMT5 at XXL width (d_model 4096, d_ff 10240, 64 heads) with 
 (default 2) and a tiny sentencepiece vocabulary, so the DiT sees real-size context; the text stage time is not
 UMT5-XXL's. The VAE is Wan's at full width (dim 96, fp32).
 
-On CPU (this is how the script is tested; numbers mean nothing):
+On CPU (this is how the script is tested, numbers mean nothing; tests/test_gpu_serve.py runs the tiny case with the
+development .triton/.venv, and ``--arch small`` runs the real-size writer path at toy sizes):
     bench/gpu_bundle.sh pack --python 3.11 --out /tmp/bundle
     bench/gpu_bundle.sh unpack /tmp/bundle/call1 /tmp/gpuenv && bench/gpu_bundle.sh wheels /tmp/bundle/call2 /tmp/gpuenv
     /tmp/gpuenv/venv/bin/python bench/gpu_serve.py --env /tmp/gpuenv --device cpu --arch tiny --baseline \\
