@@ -309,8 +309,9 @@ def prepare_profile(name: str, out: str | os.PathLike | None = None, env: Mappin
 
 
 def add_profile_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--profile", default=os.environ.get("WAN_PROFILE", ""),
-                    help="deployment profile (default $WAN_PROFILE; none: serve --model-repository as it is), "
+    ap.add_argument("--profile", default=None,
+                    help="deployment profile (default $WAN_PROFILE unless --model-repository is given; none: serve "
+                         "the repository as it is), "
                          "e.g. t2v-14b, t2v-1.3b, i2v-14b-480p, i2v-14b-720p, t2v+i2v, t2v-14b+baseline")
     ap.add_argument("--profile-repository", default=os.environ.get("WAN_PROFILE_REPOSITORY") or None,
                     help="where the profile's generated repository goes (default $WAN_PROFILE_REPOSITORY, else "
@@ -326,6 +327,10 @@ def add_profile_arguments(ap: argparse.ArgumentParser) -> None:
 
 def apply_profile(a: argparse.Namespace, env: dict[str, str]) -> None:
     """With a profile: point ``a`` at its generated repository and add its tritonserver arguments and settings."""
+    if a.profile is None and a.model_repository is None:
+        a.profile = os.environ.get("WAN_PROFILE", "")
+    if a.model_repository is None:
+        a.model_repository = str(REPO_ROOT / "model_repository")
     if not a.profile:
         return
     repo, args, model_env = prepare_profile(a.profile, a.profile_repository, device=a.profile_device,
@@ -359,7 +364,7 @@ def _follow(path: Path, stop: threading.Event, out=sys.stdout) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run tritonserver in the foreground on 127.0.0.1 (Ctrl-C stops it).")
-    ap.add_argument("--model-repository", default=str(REPO_ROOT / "model_repository"))
+    ap.add_argument("--model-repository", default=None, help="default: model_repository/ (or the profile's)")
     ap.add_argument("--grpc-port", type=int, default=None, help="default: a free port")
     ap.add_argument("--http-port", type=int, default=None, help="default: a free port")
     ap.add_argument("--metrics-port", type=int, default=None, help="default: a free port")

@@ -43,7 +43,7 @@ def test_profile_repository_serves_only_its_models(tiny_models, tmp_path):
         ready = {m["name"] for m in client.get_model_repository_index(as_json=True)["models"]
                  if m.get("state") == "READY"}
         assert ready == {"wan_t2v", "wan_t2v_request", "wan_t2v_stream", "wan_t2v_dit", "wan_text_encoder",
-                         "wan_vae_decoder", "wan_video_encoder"}
+                         "wan_decode_to_mp4"}
         items = []
         for name, value, dtype in (("PROMPT", b"a red fox", "BYTES"), ("SEED", 3, "INT64"), ("HEIGHT", 32, "INT64"),
                                    ("WIDTH", 48, "INT64"), ("NUM_FRAMES", 5, "INT64")):
@@ -74,7 +74,7 @@ def test_exec_mode_hands_the_profile_to_the_binary(tmp_path):
     assert args["ARGS"].split() == [f"--model-repository={tmp_path / 'repo'}", "--model-control-mode=explicit",
                                     *(f"--load-model={m}" for m in ("wan_t2v_request", "wan_t2v", "wan_t2v_stream",
                                                                     "wan_t2v_dit", "wan_text_encoder",
-                                                                    "wan_vae_decoder", "wan_video_encoder")),
+                                                                    "wan_decode_to_mp4")),
                                     "--exit-timeout-secs=30"]
     assert args["ROOT"] == "/w/Wan2.1-T2V-14B"
     assert "KIND_GPU gpus: [ 0 ]" in (tmp_path / "repo" / "wan_t2v_dit" / "config.pbtxt").read_text()

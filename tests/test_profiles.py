@@ -13,8 +13,7 @@ from wan_distill.serving.repository import repository
 from conftest import ROOT
 
 GiB = 1 << 30
-T2V_MODELS = {"wan_t2v", "wan_t2v_request", "wan_t2v_stream", "wan_t2v_dit", "wan_text_encoder", "wan_vae_decoder",
-              "wan_video_encoder"}
+T2V_MODELS = {"wan_t2v", "wan_t2v_request", "wan_t2v_stream", "wan_t2v_dit", "wan_text_encoder", "wan_decode_to_mp4"}
 
 
 def gpus_of(r: P.ResolvedProfile) -> dict[str, int | None]:
@@ -27,11 +26,11 @@ def test_t2v_14b_loads_only_the_distilled_t2v_on_one_gpu():
     assert r.tritonserver_args()[0] == "--model-control-mode=explicit"
     assert sorted(a.removeprefix("--load-model=") for a in r.tritonserver_args()[1:]) == sorted(T2V_MODELS)
     g = gpus_of(r)
-    assert {m for m, gpu in g.items() if gpu is not None} == {"wan_t2v_dit", "wan_text_encoder", "wan_vae_decoder"}
+    assert {m for m, gpu in g.items() if gpu is not None} == {"wan_t2v_dit", "wan_text_encoder", "wan_decode_to_mp4"}
     assert set(r.gpu_need()) == {0} and r.gpu_need()[0] < 79 * GiB  # one 80 GB GPU
     assert r.env == {"WAN_T2V_MODEL_PATH": "/weights/Wan2.1-T2V-14B"}
     assert {p.model: p.dtype for p in r.placements if p.gpu is not None} == {
-        "wan_t2v_dit": "bf16", "wan_text_encoder": "bf16", "wan_vae_decoder": "fp32"}
+        "wan_t2v_dit": "bf16", "wan_text_encoder": "bf16", "wan_decode_to_mp4": "fp32"}
 
 
 def test_baseline_loads_only_when_asked():
@@ -48,7 +47,7 @@ def test_each_profile_serves_its_tasks_roots_and_gpus():
     i2v = P.resolve("i2v-14b-720p", {"WAN_WEIGHTS_ROOT": "/w"})
     assert "wan_image_encoder" in i2v.models and "wan_t2v_dit" not in i2v.models
     assert i2v.env == {"WAN_I2V_MODEL_PATH": "/w/Wan2.1-I2V-14B-720P"}
-    assert gpus_of(i2v)["wan_i2v_dit"] == 0 and gpus_of(i2v)["wan_vae_decoder"] == 1  # two GPUs by default
+    assert gpus_of(i2v)["wan_i2v_dit"] == 0 and gpus_of(i2v)["wan_decode_to_mp4"] == 1  # two GPUs by default
     both = P.resolve("t2v+i2v", {"WAN_T2V_MODEL_PATH": "/mine/t2v"})
     assert {"wan_t2v_dit", "wan_i2v_dit"} <= set(both.models)
     assert both.env["WAN_T2V_MODEL_PATH"] == "/mine/t2v"  # a set variable wins over the profile's root
@@ -100,7 +99,7 @@ def test_gpu_map_errors(text, error):
 def test_gpu_map_places_models():
     r = P.resolve("t2v-14b+baseline", {"WAN_GPU_MAP": " dit=0, dit_baseline=1 ,text=1,"})
     g = gpus_of(r)
-    assert (g["wan_t2v_dit"], g["wan_t2v_dit_baseline"], g["wan_text_encoder"], g["wan_vae_decoder"]) == (0, 1, 1, 0)
+    assert (g["wan_t2v_dit"], g["wan_t2v_dit_baseline"], g["wan_text_encoder"], g["wan_decode_to_mp4"]) == (0, 1, 1, 0)
     assert P.resolve("t2v-1.3b+baseline").gpu_map["t2v_dit_baseline"] == 0  # default: beside its distilled DiT
 
 
@@ -127,7 +126,7 @@ def test_generated_repository(tmp_path):
     dit = (out / "wan_t2v_dit" / "config.pbtxt").read_text()
     assert _instance_group(dit) == "instance_group [ { count: 1 kind: KIND_GPU gpus: [ 1 ] } ]"
     assert _instance_group((out / "wan_text_encoder" / "config.pbtxt").read_text()).endswith("gpus: [ 0 ] } ]")
-    assert "KIND_CPU" in _instance_group((out / "wan_video_encoder" / "config.pbtxt").read_text())
+    assert "KIND_CPU" in _instance_group((out / "wan_t2v_request" / "config.pbtxt").read_text())
     need = int(re.search(r'key: "memory_need_bytes" value: \{ string_value: "(\d+)"', dit)[1])
     assert need == next(p.memory.total for p in r.placements if p.model == "wan_t2v_dit")
     assert '"max_jobs_per_call" value: { string_value: "1" }' in dit

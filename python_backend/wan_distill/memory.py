@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from .config import ConfigError, DiTConfig
 
 __all__ = ["Geometry", "ModelMemory", "MemoryPlanError", "dit_params", "dit_weight_bytes", "dit_activation_bytes",
-           "text_encoder_memory", "image_encoder_memory", "vae_decoder_memory", "dit_memory", "cuda_free_memory", "gib", "DTYPE_BYTES", "CUDA_CONTEXT_BYTES"]
+           "dit_memory", "umt5_params", "clip_params", "text_encoder_memory", "image_encoder_memory",
+           "vae_decoder_memory", "vae_decode_peak", "cuda_free_memory", "gib", "GiB", "DTYPE_BYTES",
+           "CUDA_CONTEXT_BYTES"]
 
 GiB = 1 << 30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}

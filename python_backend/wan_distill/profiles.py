@@ -25,11 +25,12 @@ from .memory import (GiB, Geometry, MemoryPlanError, ModelMemory, dit_memory, gi
                      text_encoder_memory, vae_decoder_memory)
 from .serving import repository as spec
 
-__all__ = ["Profile", "PROFILES", "ProfileError", "Placement", "ResolvedProfile", "parse_gpu_map", "resolve",
-           "write_repository", "split_that_fits"]
+__all__ = ["Profile", "PROFILES", "DEFAULT_PROFILE", "ProfileError", "Placement", "ResolvedProfile", "parse_gpu_map",
+           "resolve", "advice", "split_that_fits", "write_repository", "memory_table"]
 
-COMPONENT_MODELS = {"text": "wan_text_encoder", "image": "wan_image_encoder", "vae": "wan_vae_decoder"}
-CPU_ONLY = ("wan_video_encoder",)  # MP4 encoding (libx264 on the CPU); requests / ensembles / streams need no GPU
+# The pipelines' GPU steps besides the DiTs (wan_decode_to_mp4: the VAE decode, with the MP4 encode on a CPU thread).
+# wan_vae_decoder / wan_video_encoder (the two halves, for direct calls) are not part of any profile.
+COMPONENT_MODELS = {"text": "wan_text_encoder", "image": "wan_image_encoder", "vae": "wan_decode_to_mp4"}
 
 
 class ProfileError(ConfigError):
@@ -131,7 +132,7 @@ class ResolvedProfile:
 
 
 def unit_of(model: str) -> str:
-    """GPU-map key of a served model: t2v_dit, i2v_dit_baseline, text, image, vae."""
+    """GPU-map key of a served model: t2v_dit, i2v_dit_baseline, text, image, vae (wan_decode_to_mp4)."""
     for unit, name in COMPONENT_MODELS.items():
         if model == name:
             return unit
@@ -232,9 +233,8 @@ def resolve(name: str, env: Mapping[str, str] | None = None, project_root: Path 
     if "i2v" in prof.tasks:
         placements.append(Placement("wan_image_encoder", gpu_map["image"], "fp32", {},
                                     image_encoder_memory("wan_image_encoder", geo)))
-    placements.append(Placement("wan_vae_decoder", gpu_map["vae"], "fp32", {},
-                                vae_decoder_memory("wan_vae_decoder", geo)))
-    placements += [Placement(m) for m in CPU_ONLY]
+    placements.append(Placement("wan_decode_to_mp4", gpu_map["vae"], "fp32", {},
+                                vae_decoder_memory("wan_decode_to_mp4", geo)))
     return ResolvedProfile(prof, baseline, dtype, gpu_map, tuple(placements), settings)
 
 
@@ -330,7 +330,7 @@ def memory_table() -> str:
                  f"{M.WAN_VAE_PARAMS / 1e9:.2f} B | fp32 | {gib(im[g480].weights)} | {gib(im[g480].activations)} "
                  f"| {gib(im[g720].activations)} |")
     vae = {g: M.vae_decoder_memory("vae", g) for g in (g480, g720)}
-    lines.append(f"| Wan VAE (wan_vae_decoder) | {M.WAN_VAE_PARAMS / 1e9:.2f} B | fp32 | {gib(vae[g480].weights)} "
+    lines.append(f"| Wan VAE (wan_decode_to_mp4) | {M.WAN_VAE_PARAMS / 1e9:.2f} B | fp32 | {gib(vae[g480].weights)} "
                  f"| {gib(vae[g480].activations)} | {gib(vae[g720].activations)} |")
     lines += ["", "| profile | plans for | DiT rows per call | per GPU (each model + 1 GiB CUDA context) |",
               "|---|---|---|---|"]
