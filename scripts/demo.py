@@ -3,7 +3,7 @@
 client, write them to outputs/, stop the server.
 
 T2V serves the trained toy model (training/models/Wan2.1-T2V-toy: a 4-step DMD student trained on synthetic clips of
-coloured shapes, 17 frames of 32x32; ``python -m wan_training.recipe`` reproduces it) with configs/toy/, and writes
+coloured shapes, 9 frames of 32x32; ``python -m wan_training.recipe`` reproduces it) with configs/toy/, and writes
 one video per demo prompt (outputs/t2v.mp4 is the first) plus a frame strip (outputs/t2v_strip.png). I2V still serves
 the random tiny checkpoint (``--checkpoints``): its video is noise. Without the trained root, T2V falls back to the
 random tiny checkpoint too. Point WAN_T2V_MODEL_PATH / WAN_I2V_MODEL_PATH at real Wan2.1 model roots (see README) to
@@ -133,12 +133,12 @@ def main() -> int:
                     atomic_write(path, lambda f: f.write(result.mp4))
                 if trained and i == 0:
                     strip = args.out / "t2v_strip.png"
-                    Image.fromarray(frame_strip(result.frames)).save(strip)
+                    Image.fromarray(frame_strip(result.frames, every=1)).save(strip)
                     print(f"demo: frame strip of {prompt!r} -> {strip}", flush=True)
                 print(f"demo: {name}: {len(result.mp4)} bytes -> {paths[0]} ({result.elapsed_s:.2f} s end to end)",
                       flush=True)
     if trained:
-        print(f"demo: done. T2V served the trained toy model {args.t2v_root} (4-step DMD student, 17 frames of "
+        print(f"demo: done. T2V served the trained toy model {args.t2v_root} (4-step DMD student, 9 frames of "
               "32x32 shapes); I2V served random tiny weights, so outputs/i2v.mp4 is noise.")
     else:
         print("demo: done. The demo weights are random, so the videos are noise; see README to serve real Wan2.1 "

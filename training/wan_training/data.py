@@ -20,7 +20,7 @@ SHAPES = ("circle", "square", "triangle")
 MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
 COMBOS = tuple(itertools.product(COLOURS, SHAPES, MOTIONS))   # 60 (colour, shape, motion)
 
-NUM_FRAMES, HEIGHT, WIDTH = 17, 32, 32
+NUM_FRAMES, HEIGHT, WIDTH = 9, 32, 32
 
 
 def caption(colour: str, shape: str, motion: str) -> str:
@@ -67,7 +67,7 @@ def make_clip(seed: int, index: int, num_frames: int = NUM_FRAMES, height: int =
     colour, shape, motion = combo or COMBOS[index % len(COMBOS)]
     rng = np.random.default_rng([seed, index])
     bg = rng.uniform(15, 70) * np.ones(3) + rng.uniform(-8, 8, 3)
-    r = rng.uniform(0.13, 0.17) * min(height, width)
+    r = rng.uniform(0.15, 0.20) * min(height, width)
     dx, dy = MOTIONS[motion]
     travel = rng.uniform(0.30, 0.40) * min(height, width)          # pixels over the clip
     margin = r + 2

@@ -40,7 +40,7 @@ class DistillConfig:
     steps: int = 800               # generator updates
     critic_steps: int = 5          # DMD2: critic updates per generator update
     batch: int = 16
-    lr_generator: float = 5e-5
+    lr_generator: float = 1e-4
     lr_critic: float = 1e-4
     guidance_scale: float = 4.0    # real score = CFG teacher
     sigma_range: tuple[float, float] = (0.02, 0.98)   # u range of the distribution-matching noise level
