@@ -25,6 +25,7 @@ import argparse
 import ctypes
 import os
 import shutil
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,6 +38,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterable, Mapping
+
+from wan_distill.serving.supervisor import CONTROL_HEADER, StubSupervisor, supervised_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRITON_DIR = REPO_ROOT / ".triton" / "server"
@@ -118,7 +121,8 @@ class TritonServer:
                  log_path: str | os.PathLike | None = None, extra_args: Iterable[str] = (),
                  ready_timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
                  exit_timeout_s: int = 5, triton_dir: str | os.PathLike = DEFAULT_TRITON_DIR,
-                 venv: str | os.PathLike = DEFAULT_VENV, die_with_parent: bool = True):
+                 venv: str | os.PathLike = DEFAULT_VENV, die_with_parent: bool = True,
+                 supervise: bool = False, supervise_interval_s: float = 1.0):
         self.model_repository = Path(model_repository).resolve()
         self.triton_dir = Path(triton_dir).resolve()
         self.venv = Path(venv)
@@ -135,6 +139,12 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None
+        # supervise: a thread reloads the model of a crashed python stub (wan_distill.serving.supervisor); the
+        # server then runs in explicit model-control mode with that API restricted to the supervisor's token
+        self.supervise, self.supervise_interval_s = supervise, supervise_interval_s
+        self.control_token = secrets.token_hex(16) if supervise else ""
+        self.supervisor: StubSupervisor | None = None
+        self.killed = False  # stop() had to SIGKILL
 
     # --- addresses -------------------------------------------------------------------------------------
     @property
@@ -163,7 +173,12 @@ class TritonServer:
                 f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-port={self.metrics_port}",
                 "--disable-auto-complete-config", f"--exit-timeout-secs={self.exit_timeout_s}",
-                *self.extra_args]
+                *(supervised_args(self.extra_args, self.control_token) if self.supervise else self.extra_args)]
+
+    @property
+    def control_headers(self) -> dict[str, str]:
+        """Headers a model-control call (load / unload / index) needs on a supervised server."""
+        return {CONTROL_HEADER: self.control_token} if self.control_token else {}
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> "TritonServer":
@@ -184,10 +199,22 @@ class TritonServer:
                                          preexec_fn=_die_with_parent if self.die_with_parent else None)
         try:
             self._wait_ready()
+            if self.supervise:
+                self.supervisor = StubSupervisor(self.proc.pid, self.http_url, self.control_token,
+                                                 self.supervise_interval_s, log=self._log_line)
+                self.supervisor.check()  # learn the stubs now
+                self.supervisor.start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _log_line(self, message: str) -> None:
+        """Supervisor messages go to stderr and into the server log (one place to read what happened)."""
+        line = f"[supervisor] {message}"
+        print(line, file=sys.stderr, flush=True)
+        with open(self.log_path, "a") as log:
+            log.write(line + "\n")
 
     def _wait_ready(self) -> None:
         url = f"http://{self.http_url}/v2/health/ready"
@@ -229,12 +256,15 @@ class TritonServer:
         """SIGTERM by PID, SIGKILL after ``timeout_s`` (default exit timeout + 10 s). Returns the exit code."""
         if self.proc is None:
             return None
+        if self.supervisor is not None:
+            self.supervisor.stop()
         timeout_s = self.exit_timeout_s + 10.0 if timeout_s is None else timeout_s
         if self.proc.poll() is None:
             try:
                 os.kill(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             except ProcessLookupError:
@@ -374,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="do not echo the server log to stdout")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for the models (e.g. WAN_T2V_MODEL_PATH=/weights/Wan2.1-T2V-14B); repeatable")
+    ap.add_argument("--supervise", action="store_true",
+                    help="reload the model of a crashed python stub (explicit model control; README, Reliability)")
     ap.add_argument("extra", nargs="*", help="extra tritonserver arguments (after --)")
     add_profile_arguments(ap)
     a = ap.parse_args(argv)
@@ -386,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.exec_binary:
         exec_tritonserver(a.exec_binary, a.model_repository, a.extra, env)
     srv = TritonServer(a.model_repository, a.grpc_port, a.http_port, a.metrics_port, a.log_path,
-                       a.extra, a.ready_timeout, env=env, exit_timeout_s=a.exit_timeout)
+                       a.extra, a.ready_timeout, env=env, exit_timeout_s=a.exit_timeout, supervise=a.supervise)
     if a.log_path is None:
         srv.log_path = REPO_ROOT / "outputs" / "logs" / f"tritonserver-{srv.grpc_port}.log"
     stop_follow = threading.Event()
@@ -415,8 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\n[triton_server] stopping ...", file=sys.stderr, flush=True)
         rc = srv.stop()
-        print(f"[triton_server] stopped (exit code {rc})", file=sys.stderr)
-        return 0
+        # tritonserver exits 1 after SIGTERM even when it stopped cleanly; only a stop that needed SIGKILL is not clean
+        print(f"[triton_server] stopped (tritonserver exit code {rc}; "
+              f"{'killed after the exit timeout' if srv.killed else 'a clean stop'})", file=sys.stderr)
+        return 1 if srv.killed else 0
     except TritonServerError as e:
         print(f"[triton_server] {e}", file=sys.stderr)
         return 1

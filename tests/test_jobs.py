@@ -311,19 +311,19 @@ def test_stream_passes_a_step_error_on_and_stops():
     assert [c[0] for c in t.calls] == ["wan_t2v_request"] and t.events == []
 
 
-def test_i2v_stream_runs_both_encoders_at_once_before_the_dit():
+def test_i2v_stream_runs_the_encoders_one_after_the_other_before_the_dit():
     class I2V(FakeTransport):
         async def infer(self, model, inputs, outputs, parameters=None):
             if model == "wan_image_encoder":
                 self.calls.append((model, sorted(inputs), sorted(outputs), {}))
                 await asyncio.sleep(0.02)
-                return {"CLIP_FEATURE": "clip", "IMAGE_LATENT": "y"}
+                return {"CLIP_FEATURE": "clip", "IMAGE_LATENT": "y", "PROMPT_OUT": inputs["PROMPT"]}
             return await super().infer(model, inputs, outputs, parameters)
     t = I2V()
     run(t, name="wan_i2v")
     ks = kinds(t.events)
-    starts = max(ks.index("stage_start:text"), ks.index("stage_start:image"))
-    assert starts < min(ks.index("stage_end:text"), ks.index("stage_end:image"))  # both encoders ran at once
-    assert ks.index("stage_end:image") < ks.index("stage_start:denoise")
+    # the ensemble's chain (no parallel steps: a failing one beside a running one can wedge tritonserver 2.51)
+    assert ks.index("stage_end:image") < ks.index("stage_start:text")
+    assert ks.index("stage_end:text") < ks.index("stage_start:denoise")
     dit = next(c for c in t.calls if c[0] == "wan_i2v_dit" and not c[3].get(CONTROL))
     assert dit[1] == ["CLIP_FEATURE", "IMAGE_LATENT", "SEED", "TEXT_EMBEDDING"]

@@ -5,8 +5,13 @@ a composing model gets INVALID_ARGUMENT naming the input and the server keeps se
 The server is started by the launcher with its stub supervisor (scripts/triton_server.py ``supervise``)."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,9 @@ from conftest import ROOT, make_png
 sys.path.insert(0, str(ROOT / "scripts"))
 from demo import demo_env  # noqa: E402
 from triton_server import TritonServer  # noqa: E402
+
+from wan_client import WanClient  # noqa: E402
+from wan_distill.serving.supervisor import list_stubs  # noqa: E402
 
 pytestmark = pytest.mark.server
 SMALL = dict(HEIGHT=32, WIDTH=48, NUM_FRAMES=5)
@@ -32,7 +40,7 @@ def server(tiny_models, tmp_path_factory):
     env = {**demo_env(tiny_models["t2v"], tiny_models["i2v"]), "WAN_NUM_THREADS": "1"}
     extra = ["--model-control-mode=explicit", *[f"--load-model={m}" for m in MODELS]]
     with TritonServer(ROOT / "model_repository", env=env, log_path=tmp / "server.log", extra_args=extra,
-                      ready_timeout_s=300) as srv:
+                      ready_timeout_s=300, supervise=True) as srv:
         yield srv
 
 
@@ -111,3 +119,71 @@ def test_burst_of_failing_requests_then_good_ones_are_served(grpc, case):
         assert_invalid(r, field)
     assert grpc.is_server_ready()
     assert_serves(grpc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §2: crashed stubs are reloaded by the supervisor; the model-control API needs its token
+# ---------------------------------------------------------------------------------------------------------------
+def test_model_control_api_is_refused_without_the_supervisors_token(grpc):
+    with pytest.raises(InferenceServerException) as ei:
+        grpc.unload_model("wan_t2v")
+    assert "restricted" in ei.value.message().lower() or "unavailable" in str(ei.value.status()).lower(), ei.value
+    assert grpc.is_model_ready("wan_t2v") and grpc.is_server_ready()
+
+
+def stub_of(server, model: str):
+    stubs = [s for s in list_stubs(server.pid).values() if s.model == model]
+    assert len(stubs) == 1, f"{model}: stubs {stubs}"
+    return stubs[0]
+
+
+def wait_recovered(grpc, server, model: str, old_pid: int, timeout_s: float = 30.0) -> float:
+    """Seconds until ``model`` has a new stub, is ready and a T2V/I2V request succeeds (fails past ``timeout_s``)."""
+    t0, errors = time.monotonic(), []
+    while time.monotonic() - t0 < timeout_s:
+        stubs = [s for s in list_stubs(server.pid).values() if s.model == model]
+        if stubs and stubs[0].pid != old_pid and grpc.is_model_ready(model):
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    raise AssertionError(f"{model} not recovered in {timeout_s} s; log:\n{server.log_tail(30)}")
+
+
+def test_idle_stub_killed_is_reloaded_and_its_shm_removed(grpc, server):
+    dead = stub_of(server, "wan_t2v_dit")
+    assert (Path("/dev/shm") / dead.shm_region).exists(), dead
+    os.kill(dead.pid, signal.SIGKILL)
+    recovery_s = wait_recovered(grpc, server, "wan_t2v_dit", dead.pid)
+    assert recovery_s < 30
+    assert_serves(grpc)
+    assert not (Path("/dev/shm") / dead.shm_region).exists(), "the dead stub's shared memory is left behind"
+    assert any(m == "wan_t2v_dit" and what == "reloaded" for _, m, what in server.supervisor.events)
+    assert grpc.is_server_ready()
+
+
+def test_the_client_retries_a_dead_stub_until_it_is_reloaded(server):
+    dead = stub_of(server, "wan_vae_decoder")
+    os.kill(dead.pid, signal.SIGKILL)
+    with WanClient(server.grpc_url, timeout_s=60, retries=6, backoff_s=0.5) as client:
+        result = client.t2v("a red fox", seed=3, height=32, width=48, num_frames=5)
+    assert result.mp4[4:8] == b"ftyp"
+    assert stub_of(server, "wan_vae_decoder").pid != dead.pid
+
+
+def test_stub_killed_mid_request_fails_that_request_and_is_reloaded(grpc, server):
+    model, dit = "wan_i2v_baseline", "wan_i2v_dit_baseline"
+    before = grpc.get_inference_statistics(dit).model_stats[0].execution_count
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(r=call(grpc, model, i2v(HEIGHT=256, WIDTH=256, NUM_FRAMES=9),
+                                                                timeout=90)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while grpc.get_inference_statistics(dit).model_stats[0].execution_count == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dead = stub_of(server, dit)
+    os.kill(dead.pid, signal.SIGKILL)  # the DiT engine is denoising the request (40 CFG steps)
+    thread.join(95)
+    assert not thread.is_alive(), "the request in flight never ended"
+    assert isinstance(box["r"], InferenceServerException), "a request whose DiT died cannot have a video"
+    wait_recovered(grpc, server, dit, dead.pid)
+    r = call(grpc, model, i2v(NUM_FRAMES=1))
+    assert not isinstance(r, Exception), r

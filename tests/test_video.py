@@ -194,3 +194,30 @@ def test_short_lookahead_lets_x264_encode_while_frames_arrive():
         packets[lookahead] = sum(count)
         assert decoded.shape == frames.shape
     assert packets[-1] == 0 and packets[4] > 5
+
+
+def test_stream_encoder_error_in_the_final_flush_surfaces(monkeypatch):
+    from wan_distill import video
+
+    def broken(self):
+        raise OSError("flush failed")
+    monkeypatch.setattr(video._Writer, "finish", broken)
+    enc = Mp4StreamEncoder(32, 48)
+    enc.put(moving_frames(2))
+    with pytest.raises(OSError, match="flush failed"):
+        enc.finish()                                   # raised, not a hang
+
+
+def test_a_failed_decode_writes_no_file(monkeypatch):
+    from wan_distill import video
+    finished = []
+    monkeypatch.setattr(video._Writer, "finish", lambda self: finished.append(1) or b"")
+    frames = moving_frames()
+
+    def chunks():
+        yield 0, frames[:1]
+        yield 1, frames[1:5]
+        raise RuntimeError("decode failed")
+    with pytest.raises(RuntimeError, match="decode failed"):
+        decode_to_mp4(chunks(), 9)
+    assert finished == []

@@ -1,6 +1,8 @@
 """Typed client errors. Each carries the server's message, the gRPC status name and the number of attempts."""
 from __future__ import annotations
 
+import re
+
 
 class WanClientError(Exception):
     """Base class. ``message``: the server's (or client's) text; ``code``: gRPC status name, e.g. "INVALID_ARGUMENT"."""
@@ -41,6 +43,9 @@ _BY_CODE = {
 }
 
 
+_RETRYABLE_INTERNAL = re.compile(r"RST_STREAM with error code 2|Stub process '[^']*' is not healthy")  # from_triton
+
+
 def status_name(status: str | None) -> str | None:
     """ "StatusCode.INVALID_ARGUMENT" -> "INVALID_ARGUMENT"."""
     return status.rsplit(".", 1)[-1] if status else None
@@ -51,9 +56,12 @@ def from_triton(exc: Exception, model: str | None = None, attempts: int = 1) -> 
 
     One INTERNAL is a transport failure, not a server verdict: an HTTP/2 proxy (nginx) whose upstream dies after
     the response headers went out can only reset the stream (RST_STREAM INTERNAL_ERROR, code 2), which gRPC
-    reports as INTERNAL; a direct connection losing its server is UNAVAILABLE. It becomes UNAVAILABLE (retried)."""
+    reports as INTERNAL; a direct connection losing its server is UNAVAILABLE. It becomes UNAVAILABLE (retried).
+
+    So does INTERNAL "Stub process '<instance>' is not healthy": a crashed python-backend stub, which the server's
+    stub supervisor reloads within seconds (README, Reliability); a retry after that succeeds."""
     code = status_name(exc.status()) if hasattr(exc, "status") else None
     message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    if code == "INTERNAL" and "RST_STREAM with error code 2" in (message or ""):
+    if code == "INTERNAL" and _RETRYABLE_INTERNAL.search(message or ""):
         code = "UNAVAILABLE"
     return _BY_CODE.get(code, ServerError)(message or str(exc), code=code, model=model, attempts=attempts)

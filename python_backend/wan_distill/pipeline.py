@@ -128,10 +128,21 @@ def load_dit_for_run(model_dir: Path, run: RunConfig, device: torch.device) -> W
                                cfg=DiTConfig.from_json(model_dir / "config.json"))
 
 
+def warms_up_at_load(run: RunConfig, device: torch.device | str) -> bool:
+    """Compile at load: a compiled DiT on CUDA (``compile_dit``) runs one warm-up step unless ``warmup_dit`` is false;
+    never on CPU (nothing to compile there by default, and a CPU step at the default size is slow)."""
+    return run.compile_dit and run.warmup_dit and torch.device(device).type == "cuda"
+
+
 def load_engine(model_dir: Path, run: RunConfig, device: torch.device, max_jobs_per_call: int = 4) -> DenoiseEngine:
     """The DiT of ``model_dir`` (weights chosen by ``run``; a sequence-parallel group when ``run.sp_size`` > 1)
-    behind a denoising engine on ``device``."""
-    return DenoiseEngine(load_dit_for_run(model_dir, run, device), run, device, max_jobs_per_call)
+    behind a denoising engine on ``device``; warmed up at the run's default size when :func:`warms_up_at_load`."""
+    engine = DenoiseEngine(load_dit_for_run(model_dir, run, device), run, device, max_jobs_per_call)
+    if warms_up_at_load(run, device):
+        size = (run.target_height, run.target_width, run.target_video_length)
+        seconds = engine.warm_up(*size)
+        log.info("%s: DiT warmed up (compiled) at %dx%dx%d in %.1f s", run.source, *size, seconds)
+    return engine
 
 
 def text_len_of(model_dir: Path, run: RunConfig) -> int:
@@ -220,4 +231,4 @@ class _timed:
 
 __all__ = ["ImageCondition", "ImageConditioner", "VideoResult", "WanPipeline", "default_device", "default_dtype",
            "i2v_geometry", "i2v_mask", "load_decoder", "load_dit_for_run", "load_engine", "load_image_encoder",
-           "load_run_dit", "load_text_encoder", "load_vae_from_dir", "resolve_loras", "text_len_of"]
+           "load_run_dit", "load_text_encoder", "load_vae_from_dir", "resolve_loras", "text_len_of", "warms_up_at_load"]

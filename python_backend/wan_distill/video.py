@@ -142,7 +142,7 @@ class Mp4StreamEncoder:
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._result: bytes | None = None
-        self._closed = False
+        self._closed = self._aborted = False
         self._thread = threading.Thread(target=self._run, name="mp4-encoder", daemon=True)
         self._thread.start()
 
@@ -163,23 +163,27 @@ class Mp4StreamEncoder:
             raise self._error
         return self._result
 
-    def _stop(self) -> None:
+    def _stop(self, abort: bool = False) -> None:
+        """End the thread: after encoding what is queued, or (``abort``) dropping it without writing the file."""
         if not self._closed:
-            self._closed = True
+            self._closed, self._aborted = True, abort
             self._queue.put(_END)
         self._thread.join()
 
     def _run(self) -> None:
-        writer = None
+        writer, ended = None, False
         try:
             t = time.perf_counter()
             writer = _Writer(self.shape[0], self.shape[1], self.fps, self.settings)
             self.encode_seconds += time.perf_counter() - t
-            while (chunk := self._queue.get()) is not _END:
-                if self._error is None:   # after an error: drain until the end marker, encode nothing
+            while not (ended := (chunk := self._queue.get()) is _END):
+                if not self._aborted:
                     t = time.perf_counter()
                     writer.write(chunk)
                     self.encode_seconds += time.perf_counter() - t
+            if self._aborted:
+                writer.close()
+                return
             t = time.perf_counter()
             self._result = writer.finish()
             self.encode_seconds += time.perf_counter() - t
@@ -187,14 +191,14 @@ class Mp4StreamEncoder:
             self._error = exc
             if writer is not None:
                 writer.close()
-            while self._queue.get() is not _END:   # let the producer finish; its put raises the error
+            while not ended and self._queue.get() is not _END:   # let the producer finish; its put raises the error
                 pass
 
     def __enter__(self) -> Mp4StreamEncoder:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._stop()
+    def __exit__(self, exc_type, *exc) -> None:
+        self._stop(abort=exc_type is not None)
 
 
 @dataclass
@@ -215,6 +219,7 @@ def decode_to_mp4(chunks: Iterable[tuple[int, np.ndarray]], num_frames: int, fps
     t0 = time.perf_counter()
     it: Iterator[tuple[int, np.ndarray]] = iter(chunks)
     frames = encoder = None
+    finished = False
     try:
         for f0, chunk in it:
             chunk = np.asarray(chunk)  # a CPU torch tensor shares its memory
@@ -229,9 +234,10 @@ def decode_to_mp4(chunks: Iterable[tuple[int, np.ndarray]], num_frames: int, fps
             raise ValueError("decode_to_mp4: the decoder yielded no frames")
         decode_seconds = time.perf_counter() - t0
         mp4 = encoder.finish()
+        finished = True
     finally:
-        if encoder is not None:
-            encoder._stop()
+        if encoder is not None and not finished:
+            encoder._stop(abort=True)   # the decode failed: drop the queued frames, write nothing
     if encoder.frames != num_frames:
         raise ValueError(f"decode_to_mp4: expected {num_frames} frames, the decoder yielded {encoder.frames}")
     return DecodedVideo(mp4, frames, decode_seconds, encoder.encode_seconds, time.perf_counter() - t0)

@@ -86,7 +86,7 @@ class RMSNorm(nn.Module):
         # reduces over dim 1 of [B,C,T,H,W] ~20x slower on CPU (80 % of the decode at small widths). Trade-off,
         # measured: differs from F.normalize by <= 1 ulp per element.
         xf = x.float()
-        norm = xf.square().sum(dim=1, keepdim=True).sqrt_().clamp_min_(1e-12)
+        norm = xf.square().sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)  # out of place: trainable
         return (xf / norm * self.scale * self.gamma.float()).to(x.dtype)
 
 

@@ -2,7 +2,7 @@
 
 ``<pipeline>_stream`` (a decoupled python model) runs exactly the steps of the unary ensemble, read from the
 repository spec: request check first (so bad input gets the same INVALID_ARGUMENT naming the field), then the
-encoders (text and image at once for I2V), the DiT, and the decode with the MP4 encode overlapped in it (stage
+encoders (for I2V the image encoder, then the text encoder), the DiT, and the decode with the MP4 encode overlapped in it (stage
 ``decode``; ``encode`` names a separate video-encoder step, which the pipelines no longer have). Around the DiT:
 
 * the job request carries a job id (request parameter ``wan_job_id``); the DiT stays non-decoupled, so the unary
