@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import shlex
 import shutil
 import secrets
 import signal
@@ -350,9 +351,9 @@ def add_profile_arguments(ap: argparse.ArgumentParser) -> None:
                     help="cpu: the profile's models as KIND_CPU instances (to try a profile on a CPU host)")
     ap.add_argument("--no-memory-check", action="store_true",
                     help="skip the launcher's check of the profile's memory plan against free GPU memory")
-    ap.add_argument("--exec", dest="exec_binary", default=None, metavar="TRITONSERVER",
-                    help="exec this tritonserver binary in place of the launcher (containers): no loopback binding, "
-                         "extra arguments are passed as they are")
+    ap.add_argument("--exec", dest="exec_binary", default=None, metavar="COMMAND",
+                    help="exec this tritonserver command line in place of the launcher (containers): no loopback "
+                         "binding, extra arguments passed as they are")
 
 
 def apply_profile(a: argparse.Namespace, env: dict[str, str]) -> None:
@@ -371,12 +372,13 @@ def apply_profile(a: argparse.Namespace, env: dict[str, str]) -> None:
         env.setdefault(key, value)
 
 
-def exec_tritonserver(binary: str, model_repository: str, extra: list[str], env: Mapping[str, str]) -> None:
-    """Replace this process by ``binary --model-repository=...`` (signals then reach tritonserver directly)."""
+def exec_tritonserver(command: str, model_repository: str, extra: list[str], env: Mapping[str, str]) -> None:
+    """Replace this process by ``command --model-repository=... extra`` (signals then reach it directly).
+    ``command`` is a command line: ``tritonserver``, or e.g. ``python3 -m wan_distill.serving.supervisor -- tritonserver``."""
     remove_stray_pycache(Path(model_repository))
-    argv = [binary, f"--model-repository={model_repository}", *extra]
+    argv = [*shlex.split(command), f"--model-repository={model_repository}", *extra]
     print(f"[triton_server] exec {' '.join(argv)}", file=sys.stderr, flush=True)
-    os.execvpe(binary, argv, {**os.environ, **env})
+    os.execvpe(argv[0], argv, {**os.environ, **env})
 
 
 def _follow(path: Path, stop: threading.Event, out=sys.stdout) -> None:

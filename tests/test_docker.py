@@ -49,5 +49,8 @@ def test_default_command_serves_the_default_profile():
     assert not any(k.endswith("_MODEL_PATH") for k in env)  # the profile decides the weights roots
     (cmd,) = [args for word, args in instructions() if word == "CMD"]
     assert cmd == '["wan-serve"]'
-    runs = " ".join(args for word, args in instructions() if word == "RUN")
-    assert re.search(r"exec python3 /opt/wan/scripts/triton_server\.py --exec tritonserver -- ", runs)
+    assert "COPY --chmod=755 docker/wan-serve.sh /usr/local/bin/wan-serve" in DOCKERFILE.read_text()
+    serve = (ROOT / "docker" / "wan-serve.sh").read_text()
+    assert re.search(r'exec python3 /opt/wan/scripts/triton_server\.py --exec "\$server" -- ', serve)
+    assert 'server="python3 -m wan_distill.serving.supervisor -- tritonserver"' in serve  # WAN_SUPERVISE=1
+    assert env["WAN_SUPERVISE"] == "1"

@@ -66,15 +66,26 @@ def test_exec_mode_hands_the_profile_to_the_binary(tmp_path):
     probe.write_text('#!/bin/sh\necho "ARGS $*"\necho "ROOT $WAN_T2V_MODEL_PATH"\n')
     probe.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAN_")}
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "triton_server.py"), "--exec", str(probe), "--",
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "triton_server.py"), "--exec", f"{probe} first", "--",
                           "--exit-timeout-secs=30"], capture_output=True, text=True, timeout=60, check=True,
                          env={**env, "WAN_PROFILE": "t2v-14b", "WAN_WEIGHTS_ROOT": "/w",
                               "WAN_PROFILE_REPOSITORY": str(tmp_path / "repo"), "PATH": "/usr/bin:/bin"}).stdout
     args = dict(line.split(" ", 1) for line in out.splitlines())
-    assert args["ARGS"].split() == [f"--model-repository={tmp_path / 'repo'}", "--model-control-mode=explicit",
+    assert args["ARGS"].split() == ["first", f"--model-repository={tmp_path / 'repo'}", "--model-control-mode=explicit",
                                     *(f"--load-model={m}" for m in ("wan_t2v_request", "wan_t2v", "wan_t2v_stream",
                                                                     "wan_t2v_dit", "wan_text_encoder",
                                                                     "wan_decode_to_mp4")),
                                     "--exit-timeout-secs=30"]
     assert args["ROOT"] == "/w/Wan2.1-T2V-14B"
     assert "KIND_GPU gpus: [ 0 ]" in (tmp_path / "repo" / "wan_t2v_dit" / "config.pbtxt").read_text()
+
+
+def test_the_supervisor_keeps_the_profiles_load_list():
+    """docker/wan-serve.sh runs the profile under wan_distill.serving.supervisor: it must keep explicit mode and the
+    profile's --load-model list (not add --load-model=*)."""
+    from wan_distill.profiles import resolve
+    from wan_distill.serving.supervisor import supervised_args
+
+    args = resolve("t2v-14b").tritonserver_args()
+    out = supervised_args(args, "token")
+    assert out[:len(args)] == args and not any(a == "--load-model=*" for a in out)
