@@ -250,13 +250,13 @@ def _tab(gr, generator: Generator, kind: str) -> None:
             area = " (area bound: the image's aspect ratio decides)" if kind == "i2v" else ""
             with gr.Row():
                 height = gr.Number(None, label="Height" + area, precision=0, elem_id=f"{kind}-height",
-                                   placeholder="0: server default")
+                                   info="0: server default")
                 width = gr.Number(None, label="Width", precision=0, elem_id=f"{kind}-width",
-                                  placeholder="0: server default")
+                                  info="0: server default")
             with gr.Row():
                 frames = gr.Number(None, label="Frames (4k+1)", precision=0, elem_id=f"{kind}-frames",
-                                   placeholder="0: server default")
-                fps = gr.Number(None, label="FPS", precision=0, elem_id=f"{kind}-fps", placeholder="0: server default")
+                                   info="0: server default")
+                fps = gr.Number(None, label="FPS", precision=0, elem_id=f"{kind}-fps", info="0: server default")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{kind}-generate")
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{kind}-cancel")
