@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, make_png
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from demo import demo_env, repository_copy  # noqa: E402
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.server
 CLIENT = ROOT / "client" / "wan_client"
 
 MODELS = ["wan_t2v_stream", "wan_t2v_baseline_stream", "wan_t2v_request", "wan_t2v_baseline_request",
-          "wan_text_encoder", "wan_t2v_dit", "wan_t2v_dit_baseline", "wan_vae_decoder", "wan_video_encoder"]
+          "wan_text_encoder", "wan_t2v_dit", "wan_t2v_dit_baseline", "wan_vae_decoder", "wan_video_encoder",
+          "wan_i2v_stream", "wan_i2v_request", "wan_image_encoder", "wan_i2v_dit"]
 BASELINE_DIT = "wan_t2v_dit_baseline"
 RECORD_PROGRESS = """() => {
   window.__wanProgress = [];
@@ -93,22 +94,34 @@ def open_ui(page, url: str) -> None:
     page.wait_for_selector("#t2v-generate")
 
 
-def fill(page, **fields) -> None:
-    """Type into the T2V form: prompt, seed, height, width, frames, fps."""
+def fill(page, tab: str = "t2v", **fields) -> None:
+    """Type into a tab's form: prompt, seed, height, width, frames, fps."""
     for name, value in fields.items():
-        box = page.locator(f"#t2v-{name} textarea" if name == "prompt" else f"#t2v-{name} input")
+        box = page.locator(f"#{tab}-{name} textarea" if name == "prompt" else f"#{tab}-{name} input")
         box.fill(str(value))
 
 
-def status(page) -> tuple[str, str]:
-    """(kind, text) of the T2V status line."""
-    line = page.locator("#t2v-status .wan-status")
+def status(page, tab: str = "t2v") -> tuple[str, str]:
+    """(kind, text) of a tab's status line."""
+    line = page.locator(f"#{tab}-status .wan-status")
     return line.get_attribute("data-kind"), line.inner_text()
 
 
-def wait_status(page, kind: str, timeout_ms: int = 240_000) -> str:
-    page.wait_for_selector(f'#t2v-status .wan-status[data-kind="{kind}"]', timeout=timeout_ms)
-    return status(page)[1]
+def wait_status(page, kind: str, timeout_ms: int = 240_000, tab: str = "t2v") -> str:
+    page.wait_for_selector(f'#{tab}-status .wan-status[data-kind="{kind}"]', timeout=timeout_ms)
+    return status(page, tab)[1]
+
+
+def decoded_video(page, tab: str = "t2v") -> list:
+    """The frames (RGB arrays) of the MP4 the tab's <video> plays, fetched from its source URL."""
+    import av
+
+    src = page.locator(f"#{tab}-video video").evaluate("v => v.currentSrc || v.src")
+    assert urlparse(src).hostname == "127.0.0.1"
+    response = page.request.get(src)
+    assert response.ok, response.status
+    with av.open(io.BytesIO(response.body())) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
 def progress_step(page) -> int:
@@ -120,8 +133,6 @@ def ready_again(page) -> bool:
 
 
 def test_generate_shows_progress_and_the_video_decodes_to_the_requested_frames(page, ui):
-    import av
-
     open_ui(page, ui.url)
     assert ready_again(page) and status(page)[0] == "idle"
     page.evaluate(RECORD_PROGRESS)
@@ -134,14 +145,26 @@ def test_generate_shows_progress_and_the_video_decodes_to_the_requested_frames(p
     assert all(a <= b for a, b in zip(seen, seen[1:])), seen
     assert ready_again(page)
 
-    src = page.locator("#t2v-video video").evaluate("v => v.currentSrc || v.src")
-    assert urlparse(src).hostname == "127.0.0.1"
-    response = page.request.get(src)
-    assert response.ok, response.status
-    with av.open(io.BytesIO(response.body())) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    frames = decoded_video(page)
     assert len(frames) == 9 and frames[0].shape == (64, 96, 3)
     assert page.outside == []  # offline: no CDN, no analytics
+
+
+def test_image_to_video_tab(page, ui, tmp_path):
+    picture = tmp_path / "first.png"
+    picture.write_bytes(make_png(width=96, height=64, seed=2))
+    open_ui(page, ui.url)
+    page.get_by_role("tab", name="Image → video").click()
+    fill(page, "i2v", prompt="the picture comes alive", seed=5, frames=5)
+    page.locator("#i2v-generate").click()  # no picture yet: said, and nothing is sent
+    assert "IMAGE: choose a picture" in wait_status(page, "invalid", tab="i2v")
+    page.locator("#i2v-image input[type=file]").set_input_files(str(picture))
+    page.wait_for_selector("#i2v-image img")
+    page.locator("#i2v-generate").click()
+    text = wait_status(page, "done", tab="i2v")
+    assert "seed 5" in text and "5 frames" in text and "(wan_i2v)" in text
+    frames = decoded_video(page, "i2v")
+    assert len(frames) == 5 and frames[0].shape[2] == 3
 
 
 def test_random_seed_is_shown(page, ui):

@@ -307,6 +307,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     offline_environment()
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("wan-ui: gradio is not installed here; the UI runs from .venv-ui (make ui-env, then "
+              ".venv-ui/bin/wan-ui)", file=sys.stderr)
+        return 2
     from .client import WanClient
 
     client = WanClient(args.server, timeout_s=args.timeout, retries=args.retries)
