@@ -3,7 +3,7 @@ PY := .venv/bin/python
 DEMO_DIR := checkpoints/demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup tiny demo train test serve perf bench clean
+.PHONY: setup tiny demo train test serve perf bench clean ui-env ui test-ui ui-screenshot
 
 setup:
 	@bash scripts/setup_env.sh
@@ -26,6 +26,28 @@ test: setup
 # scripts/triton_server.py with the WAN_* variables set (README, "Serving real Wan2.1 weights").
 serve: setup tiny
 	@$(PY) scripts/demo.py --checkpoints $(DEMO_DIR) --serve -- $(SERVE_ARGS)
+
+# Web UI (wan-ui) in its own venv: gradio needs pillow<13, requirements.txt pins 13 (requirements-ui.txt says why).
+UI_VENV := .venv-ui
+$(UI_VENV)/.wan-ui-stamp: requirements-ui.txt pyproject.toml
+	@[ -x $(UI_VENV)/bin/python ] || $${PYTHON:-python3} -m venv $(UI_VENV)
+	@echo "ui-env: installing requirements-ui.txt into $(UI_VENV)"
+	@$(UI_VENV)/bin/python -m pip install -q -r requirements-ui.txt
+	@$(UI_VENV)/bin/python -m pip install -q --no-deps -e .
+	@touch $@
+
+ui-env: $(UI_VENV)/.wan-ui-stamp
+
+# The demo server (tiny models) + the UI on http://127.0.0.1:7860 (WAN_UI_PORT=...); Ctrl-C stops both.
+ui: setup tiny ui-env
+	@$(PY) scripts/ui_demo.py --checkpoints $(DEMO_DIR)
+
+# Browser test: headless system Chromium (apt-get install chromium chromium-driver) driven by playwright.
+test-ui: setup ui-env
+	@$(PY) -m pytest -q tests/test_ui.py
+
+ui-screenshot: setup tiny ui-env
+	@$(PY) scripts/ui_demo.py --checkpoints $(DEMO_DIR) --screenshot docs/ui.png
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -4,7 +4,7 @@
 
 Two tabs (text -> video, image -> video), each with a pipeline choice (the distilled ``wan_t2v`` / ``wan_i2v`` or
 their CFG baselines), prompt, negative prompt, seed (-1: a random one, shown once the server accepts the request),
-height, width, frames and fps (empty: the server's run-config default). A progress bar follows the stream's events
+height, width, frames and fps (empty or 0: the server's run-config default). A progress bar follows the stream's events
 (stage, denoising step n/N, the server's ETA); Cancel stops the request on the server (the DiT stops at its next
 step). The finished MP4 is shown with a download button. The UI never loads a model: gradio + wan_client only.
 Runs offline: no analytics, no version check, no fonts from a CDN, no server-side rendering.
@@ -105,7 +105,8 @@ def error_status(err: WanClientError, server: str) -> str:
     """The status line for a failed request: the server's own message, and what to do."""
     msg = html.escape(err.message)
     if isinstance(err, InvalidRequestError):
-        return status_html("invalid", f"<b>Invalid request</b>: the server refused it: {msg}")
+        who = "the server refused it" if err.code == "INVALID_ARGUMENT" else "not sent"
+        return status_html("invalid", f"<b>Invalid request</b> ({who}): {msg}")
     if isinstance(err, ServerUnavailableError):
         return status_html("unreachable", f"<b>Server unreachable</b> at {html.escape(server)}: is tritonserver "
                                           f"running there (<code>make serve</code>)? ({msg})")
@@ -124,7 +125,8 @@ def resolve_seed(seed: float | int | None) -> int:
 
 
 def optional_int(v: float | int | None) -> int | None:
-    return None if v is None else int(v)
+    """A size box's value; None (the server's default) for an empty box, which gradio reports as 0."""
+    return None if v is None or int(v) == 0 else int(v)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -248,13 +250,13 @@ def _tab(gr, generator: Generator, kind: str) -> None:
             area = " (area bound: the image's aspect ratio decides)" if kind == "i2v" else ""
             with gr.Row():
                 height = gr.Number(None, label="Height" + area, precision=0, elem_id=f"{kind}-height",
-                                   placeholder="server default")
+                                   info="0: server default")
                 width = gr.Number(None, label="Width", precision=0, elem_id=f"{kind}-width",
-                                  placeholder="server default")
+                                  info="0: server default")
             with gr.Row():
                 frames = gr.Number(None, label="Frames (4k+1)", precision=0, elem_id=f"{kind}-frames",
-                                   placeholder="server default")
-                fps = gr.Number(None, label="FPS", precision=0, elem_id=f"{kind}-fps", placeholder="server default")
+                                   info="0: server default")
+                fps = gr.Number(None, label="FPS", precision=0, elem_id=f"{kind}-fps", info="0: server default")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{kind}-generate")
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{kind}-cancel")
@@ -305,6 +307,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     offline_environment()
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("wan-ui: gradio is not installed here; the UI runs from .venv-ui (make ui-env, then "
+              ".venv-ui/bin/wan-ui)", file=sys.stderr)
+        return 2
     from .client import WanClient
 
     client = WanClient(args.server, timeout_s=args.timeout, retries=args.retries)
