@@ -6,7 +6,7 @@ GPU host too).
     .venv/bin/python bench/x264_settings.py [--height 480 --width 832 --frames 81] [--reps 2] [--write]
 
 The frames are synthetic (no real Wan output here): a random-phase texture with a 1/f^1.5 amplitude spectrum (the
-default encode then lands at ~35 dB, a usual range for CRF 23; a 1/f spectrum gave ~24 dB, far harder than video)
+default encode then lands at ~38 dB, a usual range for CRF 23; a 1/f spectrum gave ~25 dB, far harder than video)
 panning and slowly zooming, with a moving disc, so motion search and texture coding both matter. Random-weight decoder output is
 noise and would say nothing about a codec.
 """
