@@ -214,8 +214,9 @@ class DecodedVideo:
 
 def decode_to_mp4(chunks: Iterable[tuple[int, np.ndarray]], num_frames: int, fps: int = 16,
                   settings: X264Settings | None = None, keep_frames: bool = False) -> DecodedVideo:
-    """Decoded uint8 chunks ``(first frame index, [n, H, W, 3])`` (numpy or CPU torch) in order (``decoder.decode_uint8_chunks(z)``) ->
-    the MP4, encoded while the next chunk decodes. ``keep_frames``: also return all frames [num_frames, H, W, 3]."""
+    """Decoded uint8 chunks ``(first frame index, [n, H, W, 3])`` (numpy or CPU torch) in order, as
+    ``decoder.decode_uint8_chunks(z)`` yields them -> the MP4, encoded while the next chunk decodes.
+    ``keep_frames``: also return all frames [num_frames, H, W, 3]."""
     t0 = time.perf_counter()
     it: Iterator[tuple[int, np.ndarray]] = iter(chunks)
     frames = encoder = None

@@ -89,7 +89,7 @@ THREADS = ("num_threads", "0", "torch threads; 0 = all cores; $WAN_NUM_THREADS o
 X264 = (("preset", "medium", "x264 preset (ultrafast ... veryslow); faster ones change the video"),
         ("crf", "23", "x264 constant rate factor 0-51 (lower = better, bigger)"),
         ("x264_threads", "0", "x264 threads; 0 = x264 decides"),
-        ("x264_lookahead", "-1", "x264 rc-lookahead frames; -1 = the preset's (40); short = encode keeps pace with decode"))
+        ("x264_lookahead", "-1", "x264 rc-lookahead frames; -1 = the preset's (40 for medium)"))
 
 
 def _weights(model_path_env: str, config_json: str, config_json_env: str) -> tuple[tuple[str, str, str], ...]:
