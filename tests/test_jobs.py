@@ -221,7 +221,8 @@ class FakeTransport:
             self.job_done.set()
             return {"LATENTS": (16, 2, 4, 6)}  # shape() of a fake tensor is the tensor
         if model == "wan_decode_to_mp4":
-            return {"VIDEO_MP4": b"mp4", **({"FRAMES": "frames"} if "FRAMES" in outputs else {})}
+            return {"VIDEO_MP4": b"mp4", **({"FRAMES": "frames"} if "FRAMES" in outputs else {}),
+                    **({"TIMINGS": json.dumps({"decode": 0.25, "encode": 0.125})} if "TIMINGS" in outputs else {})}
         raise AssertionError(model)
 
     async def _control(self, params):
@@ -267,7 +268,9 @@ def test_stream_runs_the_ensemble_steps_with_events_in_order():
     ks = kinds(t.events)
     assert ks[0] == "accepted" and ks[1:3] == ["stage_start:text", "stage_end:text"]
     assert ks[3] == "stage_start:denoise" and ks[4:8] == ["step"] * 4 and ks[8] == "stage_end:denoise"
-    assert ks[9:] == ["stage_start:decode", "stage_end:decode"]  # the MP4 encode runs inside the decode step
+    # the MP4 encode runs inside the decode step: both start together, each ends with its own time
+    assert ks[9:] == ["stage_start:decode", "stage_start:encode", "stage_end:decode", "stage_end:encode"]
+    assert [e["seconds"] for e in t.events[-2:]] == [0.25, 0.125]
     assert [e["step"] for e in t.events if e["type"] == "step"] == [1, 2, 3, 4]
     assert t.events[0]["seed"] == 7 and t.events[0]["num_steps"] == 4
     models = [c[0] for c in t.calls if not c[3].get(CONTROL)]
@@ -275,7 +278,7 @@ def test_stream_runs_the_ensemble_steps_with_events_in_order():
     dit = next(c for c in t.calls if c[0] == "wan_t2v_dit" and not c[3].get(CONTROL))
     assert dit[1] == ["HEIGHT", "NUM_FRAMES", "SEED", "TEXT_EMBEDDING", "WIDTH"] and dit[3][JOB_ID]
     decode = next(c for c in t.calls if c[0] == "wan_decode_to_mp4")
-    assert decode[1] == ["FPS", "LATENTS"] and decode[2] == ["VIDEO_MP4"]  # FRAMES only when asked
+    assert decode[1] == ["FPS", "LATENTS"] and decode[2] == ["TIMINGS", "VIDEO_MP4"]  # FRAMES only when asked
 
 
 def test_stream_asks_for_frames_only_when_the_client_does():

@@ -1,6 +1,8 @@
 """wan_decode_to_mp4: LATENTS [16, t, h, w] (+ FPS) -> VIDEO_MP4 (H.264) (+ FRAMES uint8 [1+4(t-1), 8h, 8w, 3] if
 asked). Decodes one latent frame at a time (Wan VAE, or taew2_1 with ``use_tae``) and hands each chunk of frames to
-an MP4 encoder thread, so the encode runs while the next latent frame decodes (wan_distill.video.decode_to_mp4)."""
+an MP4 encoder thread, so the encode runs while the next latent frame decodes (wan_distill.video.decode_to_mp4).
+TIMINGS (only when asked: the streamed pipelines): JSON {"decode": s, "encode": s}."""
+import json
 import sys
 from pathlib import Path
 
@@ -45,4 +47,7 @@ class TritonPythonModel:
         outputs = [triton_io.bytes_tensor("VIDEO_MP4", out.mp4)]
         if want_frames:
             outputs.append(triton_io.tensor("FRAMES", out.frames))
+        if "TIMINGS" in request.requested_output_names():  # the streamed pipeline's decode / encode stage times
+            outputs.append(triton_io.bytes_tensor("TIMINGS", json.dumps(
+                {"decode": out.decode_seconds, "encode": out.encode_seconds}).encode()))
         return outputs

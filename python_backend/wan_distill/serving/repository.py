@@ -51,6 +51,7 @@ class Step:
     outputs: dict[str, str]
     note: str = ""
     stage: str = ""  # progress-event name of this step in the streamed pipeline ("" = none)
+    timings: str = ""  # an output (JSON {stage: seconds}) the streamed pipeline asks for: stages run inside this step
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ IMAGE_LATENT = Io("IMAGE_LATENT", "FP32", (20, -1, -1, -1))
 LATENTS = Io("LATENTS", "FP32", (16, -1, -1, -1))
 FRAMES = Io("FRAMES", "UINT8", (-1, -1, -1, 3))
 VIDEO_MP4 = _scalar("VIDEO_MP4", "STRING")
+TIMINGS = _scalar("TIMINGS", "STRING")
 PROGRESS = _scalar("PROGRESS", "STRING")  # JSON answer of a DiT control request (wan_distill.jobs)
 EVENT = _scalar("EVENT", "STRING")        # JSON progress event of a streamed pipeline (wan_distill.serving.stream)
 
@@ -196,7 +198,7 @@ def _ensemble(p: Pipeline) -> ModelSpec:
     steps = (Step(p.request, {io.name: io.name for io in p.client_inputs}, checked), *encoders,
              Step(p.dit, dit_in, {"LATENTS": "latents"}, stage="denoise"),
              Step("wan_decode_to_mp4", {"LATENTS": "latents", "FPS": "fps"},
-                  {"VIDEO_MP4": "VIDEO_MP4", "FRAMES": "FRAMES"}, stage="decode",
+                  {"VIDEO_MP4": "VIDEO_MP4", "FRAMES": "FRAMES"}, stage="decode", timings="TIMINGS",
                   note="VAE decode with the MP4 encode overlapped (one step; FRAMES only when the client asks)."))
     return ModelSpec(p.name, tuple(io.opt() for io in p.client_inputs), (VIDEO_MP4, FRAMES), platform="ensemble",
                      steps=steps,
@@ -252,7 +254,7 @@ def repository() -> list[ModelSpec]:
         "wan_video_encoder", (FRAMES, FPS.opt()), (VIDEO_MP4, replace(FRAMES, name="FRAMES_OUT")),
         adapter="wan_video_encoder", params=(("default_fps", "16", ""), *X264))
     decode_to_mp4 = ModelSpec(
-        "wan_decode_to_mp4", (LATENTS, FPS.opt()), (VIDEO_MP4, FRAMES), adapter="wan_decode_to_mp4",
+        "wan_decode_to_mp4", (LATENTS, FPS.opt()), (VIDEO_MP4, FRAMES, TIMINGS), adapter="wan_decode_to_mp4",
         params=(*vae.params, *X264),
         header="# The pipelines' last step: wan_vae_decoder + wan_video_encoder in one process, the MP4 encoder\n"
                "# (a thread) fed each latent frame's frames while the next one decodes. Frames as wan_vae_decoder's.")

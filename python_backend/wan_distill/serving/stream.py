@@ -2,8 +2,9 @@
 
 ``<pipeline>_stream`` (a decoupled python model) runs exactly the steps of the unary ensemble, read from the
 repository spec: request check first (so bad input gets the same INVALID_ARGUMENT naming the field), then the
-encoders (for I2V the image encoder, then the text encoder), the DiT, and the decode with the MP4 encode overlapped in it (stage
-``decode``; ``encode`` names a separate video-encoder step, which the pipelines no longer have). Around the DiT:
+encoders (for I2V the image encoder, then the text encoder), the DiT, and the decode with the MP4 encode overlapped in it
+(one step, ``wan_decode_to_mp4``: stages ``decode`` and ``encode`` start together; their ends carry the decode loop's
+seconds and the encoder thread's busy seconds, from the step's TIMINGS output). Around the DiT:
 
 * the job request carries a job id (request parameter ``wan_job_id``); the DiT stays non-decoupled, so the unary
   ensembles and perf_analyzer are unchanged;
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 __all__ = ["StepFailed", "Transport", "StreamedPipeline", "STAGES"]
 
 STAGES = ("text", "image", "denoise", "decode", "encode")
+# stages that run inside another stage's step: their times come from the step's timings output (spec Step.timings)
+INNER_STAGES = {"decode": ("encode",)}
 
 
 class StepFailed(Exception):
@@ -145,10 +148,13 @@ class _Run:
 
     async def _step(self, step: Step) -> None:
         inputs = {k: self.tensors[v] for k, v in step.inputs.items() if v in self.tensors}
-        outputs = self._needed(step)
+        outputs = self._needed(step) + ([step.timings] if step.timings else [])
         t = time.monotonic()
         if step.stage:
             self.emit("stage_start", stage=step.stage)
+        if step.timings:  # the stages overlapped inside this step (the MP4 encode runs during the decode)
+            for stage in INNER_STAGES.get(step.stage, ()):
+                self.emit("stage_start", stage=stage)
         if step.model == self.spec.pipeline.dit:
             result = await self._denoise(step, inputs, outputs)
         else:
@@ -156,8 +162,13 @@ class _Run:
         for k, v in step.outputs.items():
             if k in result:
                 self.tensors[v] = result[k]
+        inner = json.loads(self.io.value(result[step.timings])) if step.timings in result else {}
         if step.stage:
-            self.emit("stage_end", stage=step.stage, seconds=round(time.monotonic() - t, 6))
+            self.emit("stage_end", stage=step.stage,
+                      seconds=round(float(inner.get(step.stage, time.monotonic() - t)), 6))
+        for stage in INNER_STAGES.get(step.stage, ()):
+            if stage in inner:
+                self.emit("stage_end", stage=stage, seconds=round(float(inner[stage]), 6))
         if step.model == self.spec.pipeline.request:
             self._accepted(result)
 
