@@ -3,7 +3,7 @@ PY := .venv/bin/python
 DEMO_DIR := checkpoints/demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup tiny demo test serve perf bench clean
+.PHONY: setup tiny demo train test serve perf bench clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -11,8 +11,13 @@ setup:
 tiny: setup
 	@$(PY) -m wan_distill.tiny --out $(DEMO_DIR)
 
+# T2V serves the trained toy model committed in training/models (I2V: the random tiny one); see README "Trained demo".
 demo: setup tiny
 	@$(PY) scripts/demo.py --checkpoints $(DEMO_DIR) --out outputs
+
+# Retrain the toy models of `make demo` (CPU, ~25 min on 2 shared cores; README "Trained demo").
+train: setup
+	@OMP_NUM_THREADS=1 nice -n 15 $(PY) -m wan_training.recipe --out training/models
 
 test: setup
 	@$(PY) -m pytest -q tests

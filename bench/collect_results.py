@@ -11,6 +11,7 @@ ORDER = [  # (file, one-command rerun)
     ("load_test_threads1.md", ".venv/bin/python bench/load_test.py --threads 1 --write"),
     ("memory.md", ".venv/bin/python bench/memory.py --write"),
     ("inprocess_stages.md", ".venv/bin/python bench/inprocess_stages.py --write"),
+    ("step_batching.md", ".venv/bin/python bench/step_batching.py --geometry small --write"),
     ("stream_cancel.md", ".venv/bin/python bench/stream_cancel.py --write"),
     ("gpu_check_h100.md", "PYTHONPATH=python_backend python3 bench/gpu_check.py on a GPU host (see the block)"),
     ("gpu_check.md", "the same, on an H200"),

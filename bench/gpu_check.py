@@ -59,14 +59,22 @@ def install_standins() -> dict[str, bool]:
         have["av"] = True
     except ImportError:
         have["av"] = False
-        video = types.ModuleType("wan_distill.video")
+        from wan_distill import video
 
-        def encode_mp4(frames, fps=16, crf=23, preset="medium"):  # noqa: ARG001
-            return b""
+        class NoMp4:  # stand-in for video._Writer: frames are taken and dropped, the "MP4" is b""
+            def __init__(self, *args, **kwargs):
+                pass
 
-        video.encode_mp4 = encode_mp4
-        video.decode_mp4 = None
-        sys.modules["wan_distill.video"] = video
+            def write(self, frames):
+                pass
+
+            def finish(self):
+                return b""
+
+            def close(self):
+                pass
+
+        video._Writer = NoMp4
         NOTES.append("PyAV is not installed: the MP4 stage is a stand-in that returns b'' (its time is not real).")
     try:
         import ftfy  # noqa: F401

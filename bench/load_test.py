@@ -20,7 +20,7 @@ import time
 from bench_model import (OUT, ROOT, bench_env, demo_env, emit, ensure_bench_model, ensure_demo_models, header, mib,
                          process_tree, repository_copy, snapshot, spec_line, start_server, stats_delta, total)
 
-STEPS = ["wan_t2v", "wan_text_encoder", "wan_t2v_dit", "wan_vae_decoder", "wan_video_encoder"]
+STEPS = ["wan_t2v", "wan_text_encoder", "wan_t2v_dit", "wan_decode_to_mp4"]
 
 
 def run_pa(url: str, concurrency: int, count: int, csv_path) -> dict[str, float]:

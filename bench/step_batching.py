@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -44,19 +45,31 @@ async def drive(url: str, concurrency: int, n: int, geometry: dict) -> dict[str,
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         wall = time.perf_counter() - t0
-    return {"throughput": n / wall, "p50": statistics.median(latencies), "p99": percentile(latencies, 99), "wall": wall}
+    return {"throughput": n / wall, "p50": statistics.median(latencies), "p99": percentile(latencies, 99), "wall": wall,
+            "latencies": latencies}
 
 
-def served(paths, geometry: dict, levels: list[int], n: int) -> dict[tuple[str, int], dict[str, float]]:
-    out = {}
-    for mode, jobs in (("batched", "4"), ("one at a time", "1")):
-        repo = repository_copy(f"jobs{jobs}", {"max_jobs_per_call": jobs}, only="_dit")
-        with start_server(bench_env(paths), ["wan_t2v"], f"step_batching-{jobs}", repository=repo) as srv:
-            for c in levels:
-                r = asyncio.run(drive(srv.grpc_url, c, n, geometry))
-                out[(mode, c)] = r
-                print(f"{mode:>13} c={c}: {r['throughput']:.3f} videos/s, p50 {r['p50']:.2f} s, p99 {r['p99']:.2f} s",
-                      flush=True)
+MODES = (("batched", "4"), ("one at a time", "1"))
+
+
+def served(paths, geometry: dict, levels: list[int], n: int, rounds: int) -> dict[tuple[str, int], list[dict]]:
+    """Both repositories served at once (DiT max_jobs_per_call 4 vs 1); per concurrency level, ``rounds`` rounds of
+    n requests alternate between them, so load from other jobs on a shared machine falls on both alike."""
+    import contextlib
+    out: dict[tuple[str, int], list[dict]] = {}
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for mode, jobs in MODES:
+            repo = repository_copy(f"jobs{jobs}", {"max_jobs_per_call": jobs}, only="_dit")
+            urls[mode] = stack.enter_context(
+                start_server(bench_env(paths), ["wan_t2v"], f"step_batching-{jobs}", repository=repo)).grpc_url
+        for c in levels:
+            for r in range(rounds):
+                for mode, _ in (MODES if r % 2 == 0 else MODES[::-1]):
+                    res = asyncio.run(drive(urls[mode], c, n, geometry))
+                    out.setdefault((mode, c), []).append(res)
+                    print(f"{mode:>13} c={c} round {r}: {res['throughput']:.3f} videos/s, p50 {res['p50']:.2f} s, "
+                          f"p99 {res['p99']:.2f} s", flush=True)
     return out
 
 
@@ -94,6 +107,7 @@ def main() -> int:
     ap.add_argument("--geometry", default="small,bench", help="comma list of: " + ", ".join(GEOMETRIES))
     ap.add_argument("--concurrency", default="1,2,4")
     ap.add_argument("--requests", type=int, default=8, help="requests per concurrency level")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per concurrency level and mode")
     ap.add_argument("--reps", type=int, default=5, help="in-process repetitions")
     ap.add_argument("--write", action="store_true", help="write bench/results/step_batching.md")
     a = ap.parse_args()
@@ -102,22 +116,28 @@ def main() -> int:
     md = header("Step-level batching: served throughput and latency, batched vs one request at a time")
     md += f"- {spec_line()}\n- {a.requests} requests per concurrency level (distinct seeds, asyncio client), one " \
           "instance per model, default torch threads; 'one at a time' = the same repository with the DiT's " \
-          "max_jobs_per_call 1\n"
+          "max_jobs_per_call 1; both servers up at once, rounds alternating between them (p50 / p99 over all " \
+          f"rounds); load average at start {os.getloadavg()[0]:.2f}\n"
     for name in a.geometry.split(","):
         geo = GEOMETRIES[name]
         lat = (16, (geo["num_frames"] - 1) // 4 + 1, geo["height"] // 8, geo["width"] // 8)
         tokens = lat[1] * (lat[2] // 2) * (lat[3] // 2)
         print(f"== {name}: {geo} ({tokens} video tokens)", flush=True)
         dit = in_process(paths, geo, [1, 2, 4], a.reps)
-        srv = served(paths, geo, levels, a.requests)
+        srv = served(paths, geo, levels, a.requests, a.rounds)
         md += (f"\n### {name} geometry: {geo['height']}x{geo['width']}, {geo['num_frames']} frames ({tokens} video "
                f"tokens + {BENCH_SPEC.text_len} text tokens)\n\n")
-        md += "| concurrency | batched videos/s | one-at-a-time videos/s | throughput ratio | batched p50 / p99 s | " \
-              "one-at-a-time p50 / p99 s |\n|---|---|---|---|---|---|\n"
+        md += "| concurrency | batched videos/s | one-at-a-time videos/s | throughput ratio (median of rounds) | " \
+              "ratio per round | batched p50 / p99 s | one-at-a-time p50 / p99 s |\n|---|---|---|---|---|---|---|\n"
         for c in levels:
             b, o = srv[("batched", c)], srv[("one at a time", c)]
-            md += (f"| {c} | {b['throughput']:.3f} | {o['throughput']:.3f} | **{b['throughput'] / o['throughput']:.2f}x** "
-                   f"| {b['p50']:.2f} / {b['p99']:.2f} | {o['p50']:.2f} / {o['p99']:.2f} |\n")
+            ratios = [x["throughput"] / y["throughput"] for x, y in zip(b, o)]
+            bl = [v for x in b for v in x["latencies"]]
+            ol = [v for x in o for v in x["latencies"]]
+            md += (f"| {c} | {statistics.median(x['throughput'] for x in b):.3f} | "
+                   f"{statistics.median(x['throughput'] for x in o):.3f} | **{statistics.median(ratios):.2f}x** | "
+                   f"{', '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(bl):.2f} / {percentile(bl, 99):.2f} | "
+                   f"{statistics.median(ol):.2f} / {percentile(ol, 99):.2f} |\n")
         md += "\nIn-process DiT step (the engine alone), B jobs of this geometry:\n\n" \
               "| B | one call with B rows (s) | B calls of one row (s) | speedup |\n|---|---|---|---|\n"
         for bsz, (one, many) in dit.items():

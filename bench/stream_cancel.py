@@ -32,7 +32,7 @@ LONG = dict(height=256, width=256, num_frames=9)
 SMALL = dict(height=32, width=48, num_frames=5)
 DIT = "wan_t2v_dit_baseline"
 MODELS = ["wan_t2v", "wan_t2v_stream", "wan_t2v_baseline_stream", "wan_t2v_request", "wan_t2v_baseline_request",
-          "wan_text_encoder", "wan_t2v_dit", DIT, "wan_vae_decoder", "wan_video_encoder"]
+          "wan_text_encoder", "wan_t2v_dit", DIT, "wan_decode_to_mp4"]
 
 
 class Consumer(threading.Thread):

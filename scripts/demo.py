@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""`make demo`: serve the tiny demo checkpoints with the real tritonserver, generate one T2V and one I2V video
-through the gRPC client, write outputs/t2v.mp4 and outputs/i2v.mp4, stop the server.
+"""`make demo`: serve the demo models with the real tritonserver, generate T2V and I2V videos through the gRPC
+client, write them to outputs/, stop the server.
 
-The demo weights are random: the videos are noise. Point WAN_T2V_MODEL_PATH / WAN_I2V_MODEL_PATH at real Wan2.1
-model roots (see README) to serve real models with the same repository.
+T2V serves the trained toy model (training/models/Wan2.1-T2V-toy: a 4-step DMD student trained on synthetic clips of
+coloured shapes, 9 frames of 32x32; ``python -m wan_training.recipe`` reproduces it) with configs/toy/, and writes
+one video per demo prompt (outputs/t2v.mp4 is the first) plus a frame strip (outputs/t2v_strip.png). I2V still serves
+the random tiny checkpoint (``--checkpoints``): its video is noise. Without the trained root, T2V falls back to the
+random tiny checkpoint too. Point WAN_T2V_MODEL_PATH / WAN_I2V_MODEL_PATH at real Wan2.1 model roots (see README) to
+serve real models with the same repository.
 """
 from __future__ import annotations
 
@@ -24,8 +28,13 @@ from triton_server import TritonServer  # noqa: E402
 
 from wan_client import WanClient  # noqa: E402
 from wan_client.cli import atomic_write  # noqa: E402
+from wan_training.data import frame_strip  # noqa: E402
 
 DEMO_CONFIGS = ROOT / "configs" / "demo"
+TOY_CONFIGS = ROOT / "configs" / "toy"
+TOY_ROOT = ROOT / "training" / "models" / "Wan2.1-T2V-toy"
+TOY_PROMPTS = ("a red circle moving left", "a blue square moving up", "a yellow triangle moving right",
+               "a green circle standing still")
 
 
 def demo_env(t2v_dir: Path, i2v_dir: Path, lora: bool = False) -> dict[str, str]:
@@ -37,6 +46,18 @@ def demo_env(t2v_dir: Path, i2v_dir: Path, lora: bool = False) -> dict[str, str]
             "WAN_I2V_CONFIG": str(DEMO_CONFIGS / f"wan_i2v_distill_4step_demo{suffix}.json"),
             "WAN_T2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_t2v_baseline_50step_cfg_demo.json"),
             "WAN_I2V_BASELINE_CONFIG": str(DEMO_CONFIGS / "wan_i2v_baseline_40step_cfg_demo.json")}
+
+
+def toy_env(t2v_root: Path, i2v_dir: Path, lora: bool = False) -> dict[str, str]:
+    """``demo_env`` with T2V served from the trained toy root and its run configs (configs/toy/); I2V unchanged."""
+    suffix = "_lora" if lora else ""
+    return {**demo_env(t2v_root, i2v_dir, lora),
+            "WAN_T2V_CONFIG": str(TOY_CONFIGS / f"wan_t2v_distill_4step_toy{suffix}.json"),
+            "WAN_T2V_BASELINE_CONFIG": str(TOY_CONFIGS / "wan_t2v_baseline_50step_cfg_toy.json")}
+
+
+def has_toy_root(root: Path = TOY_ROOT) -> bool:
+    return (Path(root) / "distill_models" / "distill_model.safetensors").is_file()
 
 
 def repository_copy(dst: Path, params: dict[str, str], only: str = "") -> Path:
@@ -78,11 +99,15 @@ def main() -> int:
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints" / "demo")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--t2v-root", type=Path, default=TOY_ROOT, help="trained T2V model root served for T2V")
     parser.add_argument("--serve", action="store_true", help="only serve the demo models in the foreground (make serve)")
     parser.add_argument("serve_args", nargs="*", help="with --serve: extra scripts/triton_server.py arguments")
     args = parser.parse_args()
 
-    env = demo_env(args.checkpoints / "Wan2.1-T2V-tiny", args.checkpoints / "Wan2.1-I2V-tiny")
+    i2v_dir = args.checkpoints / "Wan2.1-I2V-tiny"
+    trained = has_toy_root(args.t2v_root)
+    env = (toy_env(args.t2v_root, i2v_dir) if trained
+           else demo_env(args.checkpoints / "Wan2.1-T2V-tiny", i2v_dir))
     if args.serve:  # `make serve`: the same deployment, in the foreground, until Ctrl-C
         return triton_server.main(["--model-repository", str(ROOT / "model_repository"),
                                    *[f"--env={k}={v}" for k, v in env.items()], *args.serve_args])
@@ -95,15 +120,29 @@ def main() -> int:
         image = demo_image()
         atomic_write(args.out / "i2v_input.png", lambda f: f.write(image))
         with WanClient(server.grpc_url, timeout_s=900) as client:
-            jobs = [("t2v", lambda: client.t2v("a red fox running through fresh snow, cinematic", seed=args.seed)),
-                    ("i2v", lambda: client.i2v(image, "waves roll onto the beach at sunset", seed=args.seed))]
-            for name, run in jobs:
+            if trained:
+                jobs = [(f"t2v_{p.replace(' ', '_')}", p, lambda p=p: client.t2v(p, seed=args.seed, return_frames=True))
+                        for p in TOY_PROMPTS]
+            else:
+                jobs = [("t2v", "", lambda: client.t2v("a red fox running through fresh snow, cinematic", seed=args.seed))]
+            jobs.append(("i2v", "", lambda: client.i2v(image, "waves roll onto the beach at sunset", seed=args.seed)))
+            for i, (name, prompt, run) in enumerate(jobs):
                 result = run()
-                path = args.out / f"{name}.mp4"
-                atomic_write(path, lambda f: f.write(result.mp4))
-                print(f"demo: {name}: {len(result.mp4)} bytes -> {path} ({result.elapsed_s:.2f} s end to end)",
+                paths = [args.out / f"{name}.mp4"] + ([args.out / "t2v.mp4"] if trained and i == 0 else [])
+                for path in paths:
+                    atomic_write(path, lambda f: f.write(result.mp4))
+                if trained and i == 0:
+                    strip = args.out / "t2v_strip.png"
+                    Image.fromarray(frame_strip(result.frames, every=1)).save(strip)
+                    print(f"demo: frame strip of {prompt!r} -> {strip}", flush=True)
+                print(f"demo: {name}: {len(result.mp4)} bytes -> {paths[0]} ({result.elapsed_s:.2f} s end to end)",
                       flush=True)
-    print("demo: done. The demo weights are random, so the videos are noise; see README to serve real Wan2.1 weights.")
+    if trained:
+        print(f"demo: done. T2V served the trained toy model {args.t2v_root} (4-step DMD student, 9 frames of "
+              "32x32 shapes); I2V served random tiny weights, so outputs/i2v.mp4 is noise.")
+    else:
+        print("demo: done. The demo weights are random, so the videos are noise; see README to serve real Wan2.1 "
+              "weights (or train the toy model: make train).")
     return 0
 
 

@@ -14,6 +14,10 @@ Library use::
 CLI (``make serve``)::
 
     python scripts/triton_server.py --model-repository model_repository --grpc-port 8001 --http-port 8000 --metrics-port 8002
+    # a deployment profile (or $WAN_PROFILE): its generated repository under outputs/profiles/, explicit model control
+    python scripts/triton_server.py --profile t2v-14b --grpc-port 8001
+    # in a container: exec the image's tritonserver on all interfaces (docker/Dockerfile)
+    WAN_PROFILE=t2v-14b python scripts/triton_server.py --exec tritonserver -- --exit-timeout-secs=30
 """
 from __future__ import annotations
 
@@ -282,6 +286,99 @@ def start(model_repository: str | os.PathLike, grpc_port: int | None = None, htt
                         ready_timeout_s, **kw).start()
 
 
+# --- deployment profiles (wan_distill.profiles): what a GPU deployment serves ---------------------------
+def _profiles():
+    try:
+        from wan_distill import profiles
+    except ImportError:  # a checkout without `pip install .`
+        sys.path.insert(0, str(REPO_ROOT / "python_backend"))
+        from wan_distill import profiles
+    return profiles
+
+
+def gpu_free_bytes() -> dict[int, int] | None:
+    """Free bytes of every visible GPU (nvidia-smi; no CUDA context is created), or None when it cannot tell."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    free = {}
+    for line in out.strip().splitlines():
+        index, mib = (v.strip() for v in line.split(","))
+        free[int(index)] = int(mib) << 20
+    return free or None
+
+
+def prepare_profile(name: str, out: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+                    device: str = "gpu", memory_check: bool = True,
+                    free_bytes=gpu_free_bytes) -> tuple[Path, list[str], dict[str, str]]:
+    """Resolve profile ``name`` with the WAN_* settings of ``env`` (default os.environ), refuse it when its memory plan
+    does not fit the visible GPUs, and write its repository (default outputs/profiles/<name>/). Returns (repository,
+    tritonserver arguments: explicit mode + one --load-model per model, environment for the models)."""
+    profiles = _profiles()
+    env = dict(os.environ if env is None else env)
+    resolved = profiles.resolve(name, env, project_root=REPO_ROOT)
+    if device == "gpu" and memory_check:
+        free = free_bytes()
+        if free is None:
+            print("[triton_server] no GPU query (nvidia-smi): each model checks its own plan before it loads",
+                  file=sys.stderr)
+        else:
+            resolved.check(free)
+    out = Path(out) if out else REPO_ROOT / "outputs" / "profiles" / resolved.name.replace("+", "_")
+    repo = profiles.write_repository(resolved, out, REPO_ROOT / "model_repository", REPO_ROOT, device=device)
+    for gpu, models in resolved.by_gpu().items() if device == "gpu" else ():
+        print(f"[triton_server] profile {resolved.name}, GPU {gpu}: "
+              + "; ".join(f"{m.model} {m.describe()}" for m in models), file=sys.stderr)
+    model_env = {k: v for k, v in resolved.env.items() if not env.get(k)}
+    return repo, resolved.tritonserver_args(), model_env
+
+
+def add_profile_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--profile", default=None,
+                    help="deployment profile (default $WAN_PROFILE unless --model-repository is given; none: serve "
+                         "the repository as it is), "
+                         "e.g. t2v-14b, t2v-1.3b, i2v-14b-480p, i2v-14b-720p, t2v+i2v, t2v-14b+baseline")
+    ap.add_argument("--profile-repository", default=os.environ.get("WAN_PROFILE_REPOSITORY") or None,
+                    help="where the profile's generated repository goes (default $WAN_PROFILE_REPOSITORY, else "
+                         "outputs/profiles/<profile>)")
+    ap.add_argument("--profile-device", choices=("gpu", "cpu"), default="gpu",
+                    help="cpu: the profile's models as KIND_CPU instances (to try a profile on a CPU host)")
+    ap.add_argument("--no-memory-check", action="store_true",
+                    help="skip the launcher's check of the profile's memory plan against free GPU memory")
+    ap.add_argument("--exec", dest="exec_binary", default=None, metavar="TRITONSERVER",
+                    help="exec this tritonserver binary in place of the launcher (containers): no loopback binding, "
+                         "extra arguments are passed as they are")
+
+
+def apply_profile(a: argparse.Namespace, env: dict[str, str]) -> None:
+    """With a profile: point ``a`` at its generated repository and add its tritonserver arguments and settings."""
+    if a.profile is None and a.model_repository is None:
+        a.profile = os.environ.get("WAN_PROFILE", "")
+    if a.model_repository is None:
+        a.model_repository = str(REPO_ROOT / "model_repository")
+    if not a.profile:
+        return
+    repo, args, model_env = prepare_profile(a.profile, a.profile_repository, device=a.profile_device,
+                                            memory_check=not a.no_memory_check)
+    a.model_repository = str(repo)
+    a.extra = args + list(a.extra)
+    for key, value in model_env.items():
+        env.setdefault(key, value)
+
+
+def exec_tritonserver(binary: str, model_repository: str, extra: list[str], env: Mapping[str, str]) -> None:
+    """Replace this process by ``binary --model-repository=...`` (signals then reach tritonserver directly)."""
+    remove_stray_pycache(Path(model_repository))
+    argv = [binary, f"--model-repository={model_repository}", *extra]
+    print(f"[triton_server] exec {' '.join(argv)}", file=sys.stderr, flush=True)
+    os.execvpe(binary, argv, {**os.environ, **env})
+
+
 def _follow(path: Path, stop: threading.Event, out=sys.stdout) -> None:
     """Echo a growing log file (tail -f)."""
     with open(path, errors="replace") as f:
@@ -297,7 +394,7 @@ def _follow(path: Path, stop: threading.Event, out=sys.stdout) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run tritonserver in the foreground on 127.0.0.1 (Ctrl-C stops it).")
-    ap.add_argument("--model-repository", default=str(REPO_ROOT / "model_repository"))
+    ap.add_argument("--model-repository", default=None, help="default: model_repository/ (or the profile's)")
     ap.add_argument("--grpc-port", type=int, default=None, help="default: a free port")
     ap.add_argument("--http-port", type=int, default=None, help="default: a free port")
     ap.add_argument("--metrics-port", type=int, default=None, help="default: a free port")
@@ -310,8 +407,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--supervise", action="store_true",
                     help="reload the model of a crashed python stub (explicit model control; README, Reliability)")
     ap.add_argument("extra", nargs="*", help="extra tritonserver arguments (after --)")
+    add_profile_arguments(ap)
     a = ap.parse_args(argv)
     env = dict(kv.split("=", 1) for kv in a.env)
+    try:
+        apply_profile(a, env)
+    except ValueError as e:  # ProfileError / MemoryPlanError (ConfigError): refused before anything starts
+        print(f"[triton_server] {e}", file=sys.stderr)
+        return 2
+    if a.exec_binary:
+        exec_tritonserver(a.exec_binary, a.model_repository, a.extra, env)
     srv = TritonServer(a.model_repository, a.grpc_port, a.http_port, a.metrics_port, a.log_path,
                        a.extra, a.ready_timeout, env=env, exit_timeout_s=a.exit_timeout, supervise=a.supervise)
     if a.log_path is None:

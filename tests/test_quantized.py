@@ -111,7 +111,9 @@ def test_quantized_file_dequantized_on_cpu(plain, tmp_path, fmt, caplog):
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert f"24 {fmt} linear weights" in msg and "dequantized to float32" in msg
     with torch.no_grad():
-        torch.testing.assert_close(model(*inputs()), plain_model(ref)(*inputs()), atol=0, rtol=0)
+        # the weights are equal bit for bit (above); the forward passes only to fp32 rounding: on some CPUs (seen on
+        # an AMD EPYC, int8 case) the matmul kernels round two equal-valued weight tensors differently (1.6e-5)
+        torch.testing.assert_close(model(*inputs()), plain_model(ref)(*inputs()), atol=1e-4, rtol=1e-4)
 
 
 def test_int8_file_named_as_dit_original_ckpt_is_recognised(plain, tmp_path, caplog):

@@ -106,7 +106,7 @@ def assert_same_video(mp4: bytes, ref_mp4: bytes) -> None:
 
 def test_all_models_ready(grpc):
     for m in ("wan_t2v", "wan_i2v", "wan_t2v_baseline", "wan_i2v_baseline", "wan_text_encoder", "wan_image_encoder",
-              "wan_t2v_dit", "wan_i2v_dit", "wan_vae_decoder", "wan_video_encoder"):
+              "wan_t2v_dit", "wan_i2v_dit", "wan_vae_decoder", "wan_video_encoder", "wan_decode_to_mp4"):
         assert grpc.is_model_ready(m), m
 
 

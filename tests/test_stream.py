@@ -35,7 +35,7 @@ SMALL = dict(height=32, width=48, num_frames=5)
 LONG = dict(height=256, width=256, num_frames=9)  # 50 CFG steps of the tiny DiT: seconds on 2 loaded cores
 MODELS = ["wan_t2v", "wan_i2v", "wan_t2v_stream", "wan_i2v_stream", "wan_t2v_baseline_stream", "wan_t2v_request",
           "wan_i2v_request", "wan_t2v_baseline_request", "wan_text_encoder", "wan_image_encoder", "wan_t2v_dit",
-          "wan_i2v_dit", "wan_t2v_dit_baseline", "wan_vae_decoder", "wan_video_encoder"]
+          "wan_i2v_dit", "wan_t2v_dit_baseline", "wan_decode_to_mp4"]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_t2v_stream_events_in_order_and_the_video_equals_unary(client):
     events = list(stream)
     assert names(events) == ["RequestAccepted", "StageStarted:text", "StageFinished:text", "StageStarted:denoise",
                              *["DenoiseProgress"] * 4, "StageFinished:denoise", "StageStarted:decode",
-                             "StageFinished:decode", "StageStarted:encode", "StageFinished:encode", "VideoReady"]
+                             "StageFinished:decode", "VideoReady"]  # the MP4 encode runs inside the decode step
     accepted, done = events[0], events[-1]
     assert (accepted.pipeline, accepted.seed, accepted.height, accepted.width, accepted.num_frames, accepted.fps,
             accepted.num_steps) == ("wan_t2v", 11, 32, 48, 5, 16, 4)
@@ -253,8 +253,8 @@ def test_metrics_count_known_requests(client, server):
     assert d("wan_dit_step_duration_seconds_sum", m0, m1, **dit) > 0
     assert d("wan_dit_rows_per_call_count", m0, m1, **dit) == 12 and d("wan_dit_rows_per_call_sum", m0, m1, **dit) == 12
     assert d("wan_dit_step_duration_seconds_bucket", m0, m1, le="+Inf", **dit) == 12
-    assert d("wan_vae_decode_duration_seconds_count", m0, m1, model="wan_vae_decoder") == 3
-    assert d("wan_mp4_encode_duration_seconds_count", m0, m1, model="wan_video_encoder") == 3
+    assert d("wan_vae_decode_duration_seconds_count", m0, m1, model="wan_decode_to_mp4") == 3
+    assert d("wan_mp4_encode_duration_seconds_count", m0, m1, model="wan_decode_to_mp4") == 3
     assert metric(m1, "wan_dit_active_jobs", **dit) == 0 and metric(m1, "wan_dit_queued_jobs", **dit) == 0
     list(client.stream_t2v("m4", seed=4, model="wan_t2v_baseline", **SMALL))
     m2, cfg = scrape(server), {"model": "wan_t2v_dit_baseline"}

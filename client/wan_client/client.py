@@ -34,21 +34,12 @@ from tritonclient.utils import InferenceServerException
 
 from .errors import (InvalidRequestError, RequestCancelledError, ServerError, ServerUnavailableError, WanClientError,
                      from_triton)
-from .events import StreamEvent, VideoReady, event_from_wire
+from .events import StreamEvent, VideoReady, VideoResult, event_from_wire
 
 T = TypeVar("T")
 
 SEED_MAX = 2**63 - 1
 ImageLike = bytes | bytearray | memoryview | str | os.PathLike
-
-
-@dataclass
-class VideoResult:
-    """One generated video. ``frames``: (T, H, W, 3) uint8 when requested, else None."""
-
-    mp4: bytes
-    frames: np.ndarray | None
-    elapsed_s: float
 
 
 @dataclass

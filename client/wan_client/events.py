@@ -12,15 +12,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .client import VideoResult
+import numpy as np
 
-__all__ = ["StreamEvent", "RequestAccepted", "StageStarted", "StageFinished", "DenoiseProgress", "VideoReady",
+__all__ = ["VideoResult", "StreamEvent", "RequestAccepted", "StageStarted", "StageFinished", "DenoiseProgress", "VideoReady",
            "STAGES", "event_from_wire"]
 
 STAGES = ("text", "image", "denoise", "decode", "encode")
+
+
+@dataclass
+class VideoResult:
+    """One generated video. ``frames``: (T, H, W, 3) uint8 when requested, else None."""
+
+    mp4: bytes
+    frames: np.ndarray | None
+    elapsed_s: float
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,7 @@ class RunConfig:
     # ours
     distill_update: Literal["renoise", "euler"] = "renoise"
     compile_dit: bool = False
+    warmup_dit: bool = True  # with compile_dit on CUDA: one denoising step at the default size when the model loads
     sp_size: int = 1  # Ulysses sequence-parallel processes per DiT forward (LightX2V: parallel.seq_p_size)
     sample_solver: Literal["unipc", "euler"] = "unipc"
     negative_prompt: str = WAN_NEGATIVE_PROMPT
@@ -383,7 +384,7 @@ def _check_types(kwargs: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: {k} must be an integer, got {v!r}")
         if k in _FLOAT_KEYS and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise ConfigError(f"{source}: {k} must be a number, got {v!r}")
-        if k in ("enable_cfg", "compile_dit", "dit_quantized", "use_tae") and not isinstance(v, bool):
+        if k in ("enable_cfg", "compile_dit", "warmup_dit", "dit_quantized", "use_tae") and not isinstance(v, bool):
             raise ConfigError(f"{source}: {k} must be true or false, got {v!r}")
         if k == "need_scaled" and v is not None and not isinstance(v, bool):
             raise ConfigError(f"{source}: {k} must be true, false or null, got {v!r}")

@@ -54,7 +54,7 @@ class Deployment:
         if not model_path:
             raise ConfigError(f"{name}: no model directory configured: set {model_src} to a Wan2.1 model root "
                               "(the folder with config.json and the weights)")
-        model_dir = _absolute(model_path, _root(args))
+        model_dir = _absolute(model_path, _root(args, params))
         if not (model_dir / "config.json").is_file():
             raise ConfigError(f"{name}: {model_dir} (from {model_src}) is not a Wan2.1 model directory: "
                               "config.json is missing")
@@ -66,6 +66,7 @@ class Deployment:
             torch.set_num_threads(threads)
         if args.get("model_instance_kind") == "GPU":
             device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+            check_memory_plan(name, params, device.index)
         else:
             device = torch.device(os.environ.get("WAN_DEVICE") or "cpu")
             if device.type == "cuda" and not torch.cuda.is_available():
@@ -80,15 +81,46 @@ def run_config_from_triton_args(args: dict[str, str]) -> tuple[str, RunConfig, d
     config_path, config_src = _setting(params, "config_json", _where(name))
     if not config_path:
         raise ConfigError(f"{name}: no run config: set {config_src} to a LightX2V config JSON")
-    config_file = _absolute(config_path, _root(args))
+    config_file = _absolute(config_path, _root(args, params))
     if not config_file.is_file():
         raise ConfigError(f"{name}: run config {config_file} (from {config_src}) does not exist")
     return name, RunConfig.from_json(config_file), params
 
 
-def _root(args: dict[str, str]) -> Path:
-    """The project root: args["model_repository"] is <root>/model_repository/<model>."""
+def _root(args: dict[str, str], params: dict[str, str]) -> Path:
+    """The project root: parameters.project_root (a generated profile repository), else the folder holding
+    model_repository/ (args["model_repository"] is <root>/model_repository/<model>)."""
+    if params.get("project_root"):
+        return Path(params["project_root"])
     return Path(args["model_repository"]).resolve().parent.parent
+
+
+def check_memory_plan(name: str, params: dict[str, str], gpu: int, free_memory=None, gpu_count=None) -> None:
+    """Before a GPU model loads: refuse (MemoryPlanError) when its planned bytes (``memory_need_bytes``, written by
+    a deployment profile, wan_distill.profiles) exceed GPU ``gpu``'s free memory; the message names the model,
+    bytes needed vs free and what would fit. ``free_memory(index) -> (free, total)`` and ``gpu_count`` are
+    injectable for tests."""
+    if not params.get("memory_need_bytes"):
+        return
+    from . import memory, profiles
+
+    free_memory = free_memory or memory.cuda_free_memory
+    free, _total = free_memory(gpu)
+    need = int(params["memory_need_bytes"])
+    if need <= free:
+        return
+    hint = ""
+    if params.get("wan_profile"):
+        if gpu_count is None:
+            import torch
+
+            gpu_count = torch.cuda.device_count()
+        resolved = profiles.resolve(params["wan_profile"], dict(os.environ, WAN_GPU_MAP=params.get("wan_gpu_map", "")))
+        frees = {g: free_memory(g)[0] for g in range(max(gpu_count, gpu + 1))}
+        hint = f"Profile {resolved.name} places it on GPU {gpu}. " + profiles.advice(resolved, frees)
+    raise memory.MemoryPlanError(f"{name} does not fit on cuda:{gpu}: needs {memory.gib(need)} "
+                                 f"({params.get('memory_plan', '')}), but only {memory.gib(free)} is free "
+                                 f"({need:,} > {free:,} bytes)" + (f". {hint}" if hint else ""))
 
 
 def _where(name: str) -> str:

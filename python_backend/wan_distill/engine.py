@@ -212,6 +212,27 @@ class DenoiseEngine:
                                        f"this deployment: latent h, w multiples of {ph}, {pw}; at most "
                                        f"{run.max_frames} frames of {run.max_height}x{run.max_width}")
 
+    def warm_up(self, height: int, width: int, num_frames: int) -> float:
+        """One denoising step of a throw-away job of this video size (zero conditioning; for CFG both rows, for I2V
+        a zero image latent of that size), so a compiled DiT (``compile_dit``) compiles its graph now instead of
+        during the first request. Returns the seconds it took. ``on_call`` is not called."""
+        cfg = self.cfg
+        shape = (16, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+        context = torch.zeros(1, cfg.text_dim)
+        kw = {"negative_context": context} if self.needs_negative_context else {}
+        if cfg.is_i2v:
+            kw.update(clip_fea=torch.zeros(CLIP_TOKENS, cfg.image_dim), y=torch.zeros(20, *shape[1:]))
+        job = self.new_job(context, 0, shape, **kw)
+        on_call, self.on_call = self.on_call, None
+        t0 = time.perf_counter()
+        try:
+            self.step([job])
+            if job.status == JobStatus.FAILED:
+                raise RuntimeError(f"DiT warm-up step failed: {job.error}") from job.error
+        finally:
+            self.on_call = on_call
+        return time.perf_counter() - t0
+
     # --- stepping ------------------------------------------------------------------------------------------
     def step(self, jobs: Sequence[DenoiseJob]) -> list[DenoiseJob]:
         """Advance every unfinished job by one denoising step. Returns the jobs that left at this step (done,

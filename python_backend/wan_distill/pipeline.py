@@ -4,8 +4,8 @@ Stages (each one Triton model in the served ensembles):
   text   : prompt -> T5 context [L, text_dim]                         (:class:`~.models.text_encoder.WanTextEncoder`)
   image  : RGB image -> CLIP tokens [257, image_dim] + y [20, t, h, w]  (:class:`ImageConditioner`, I2V only)
   dit    : context (+ clip, y) + seed -> latents [16, t, h, w]         (:class:`~.engine.DenoiseEngine`)
-  vae    : latents -> uint8 frames [F, H, W, 3]                        (:meth:`~.models.vae.WanVAE.decode_to_uint8`)
-  mp4    : frames -> H.264 MP4 bytes                                   (:func:`~.video.encode_mp4`)
+  vae    : latents -> uint8 frames [F, H, W, 3]                        (:meth:`~.models.vae.WanVAE.decode_uint8_chunks`)
+  mp4    : frames -> H.264 MP4 bytes, encoded while the next latent frame decodes      (:func:`~.video.decode_to_mp4`)
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from .models.text_encoder import WanTextEncoder
 from .models.vae import WanVAE
 from .parallel import SequenceParallelDiT
 from .requests import Geometry, VideoRequest, decode_image, parse_video_request
-from .video import encode_mp4
+from .video import decode_to_mp4
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,21 @@ def load_dit_for_run(model_dir: Path, run: RunConfig, device: torch.device) -> W
                                cfg=DiTConfig.from_json(model_dir / "config.json"))
 
 
+def warms_up_at_load(run: RunConfig, device: torch.device | str) -> bool:
+    """Compile at load: a compiled DiT on CUDA (``compile_dit``) runs one warm-up step unless ``warmup_dit`` is false;
+    never on CPU (nothing to compile there by default, and a CPU step at the default size is slow)."""
+    return run.compile_dit and run.warmup_dit and torch.device(device).type == "cuda"
+
+
 def load_engine(model_dir: Path, run: RunConfig, device: torch.device, max_jobs_per_call: int = 4) -> DenoiseEngine:
     """The DiT of ``model_dir`` (weights chosen by ``run``; a sequence-parallel group when ``run.sp_size`` > 1)
-    behind a denoising engine on ``device``."""
-    return DenoiseEngine(load_dit_for_run(model_dir, run, device), run, device, max_jobs_per_call)
+    behind a denoising engine on ``device``; warmed up at the run's default size when :func:`warms_up_at_load`."""
+    engine = DenoiseEngine(load_dit_for_run(model_dir, run, device), run, device, max_jobs_per_call)
+    if warms_up_at_load(run, device):
+        size = (run.target_height, run.target_width, run.target_video_length)
+        seconds = engine.warm_up(*size)
+        log.info("%s: DiT warmed up (compiled) at %dx%dx%d in %.1f s", run.source, *size, seconds)
+    return engine
 
 
 def text_len_of(model_dir: Path, run: RunConfig) -> int:
@@ -198,11 +209,13 @@ class WanPipeline:
         return self._finish(latents, req, timings)
 
     def _finish(self, latents: torch.Tensor, req: VideoRequest, timings: dict[str, float]) -> VideoResult:
-        with _timed(timings, "vae"):
-            frames = self.vae.decode_to_uint8(latents.to(self.engine.device)).cpu().numpy()
-        with _timed(timings, "mp4"):
-            mp4 = encode_mp4(frames, req.fps)
-        return VideoResult(frames, mp4, latents, timings)
+        """Decode with the MP4 encode overlapped (as wan_decode_to_mp4): ``vae`` = the decode loop, ``mp4`` = the
+        encode left after the last frame decoded (the rest ran behind the decode)."""
+        out = decode_to_mp4(self.vae.decode_uint8_chunks(latents.to(self.engine.device)),
+                            self.vae.num_frames(latents.shape[1]), req.fps, keep_frames=True)
+        timings["vae"] = out.decode_seconds
+        timings["mp4"] = out.total_seconds - out.decode_seconds
+        return VideoResult(out.frames, out.mp4, latents, timings)
 
 
 class _timed:
@@ -218,4 +231,4 @@ class _timed:
 
 __all__ = ["ImageCondition", "ImageConditioner", "VideoResult", "WanPipeline", "default_device", "default_dtype",
            "i2v_geometry", "i2v_mask", "load_decoder", "load_dit_for_run", "load_engine", "load_image_encoder",
-           "load_run_dit", "load_text_encoder", "load_vae_from_dir", "resolve_loras", "text_len_of"]
+           "load_run_dit", "load_text_encoder", "load_vae_from_dir", "resolve_loras", "text_len_of", "warms_up_at_load"]

@@ -12,7 +12,7 @@ import triton_metrics  # noqa: E402
 from wan_distill.config import RunConfig  # noqa: E402
 from wan_distill.limits import check_frames  # noqa: E402
 from wan_distill.requests import check_fps  # noqa: E402
-from wan_distill.video import encode_mp4  # noqa: E402
+from wan_distill.video import X264Settings, encode_mp4  # noqa: E402
 
 
 class TritonPythonModel:
@@ -20,7 +20,7 @@ class TritonPythonModel:
         self.name = args.get("model_name", "wan_video_encoder")
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
         self.defaults = RunConfig(fps=int(params.get("default_fps", 16)))
-        self.crf, self.preset = int(params.get("crf", 23)), params.get("preset", "medium")
+        self.x264 = X264Settings.from_params(params)
         self.timer = triton_metrics.StageTimer("wan_mp4_encode_duration_seconds",
                                                "Duration of one MP4 (H.264) encode", self.name)
 
@@ -32,7 +32,7 @@ class TritonPythonModel:
         frames = triton_io.array(request, "FRAMES")
         check_frames(frames, self.defaults)  # uint8 RGB, >= 1 frame, even sides (libx264), the deployment's limits
         with self.timer.time():
-            mp4 = encode_mp4(frames, fps, self.crf, self.preset)
+            mp4 = encode_mp4(frames, fps, settings=self.x264)
         outputs = [triton_io.bytes_tensor("VIDEO_MP4", mp4)]
         if "FRAMES_OUT" in request.requested_output_names():  # the raw frames only travel when the client asks
             outputs.append(triton_io.tensor("FRAMES_OUT", frames))

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .vae import LATENT_MEAN, LATENT_STD
+from .vae import LATENT_MEAN, LATENT_STD, collect_frames, to_uint8_frames
 
 __all__ = ["MemBlock", "TGrow", "TinyVAEDecoder", "TAEW2_1_WIDTHS", "TAEW2_1_TIME_STRIDES"]
 
@@ -161,13 +161,16 @@ class TinyVAEDecoder(nn.Module):
         return torch.cat(chunks, dim=2)
 
     @torch.no_grad()
-    def decode_to_uint8(self, z: torch.Tensor, latents_per_chunk: int = 1) -> torch.Tensor:
-        """Normalised latents [16, t, h, w] -> uint8 frames [1 + 4(t-1), 8h, 8w, 3] (on CPU), as ``WanVAE``'s."""
+    def decode_uint8_chunks(self, z: torch.Tensor, latents_per_chunk: int = 1) -> Iterator[tuple[int, torch.Tensor]]:
+        """Normalised latents [16, t, h, w] -> yields (first frame index, uint8 frames [n, 8h, 8w, 3] on CPU), as
+        ``WanVAE.decode_uint8_chunks`` (the first latent frame yields 1 frame, each later one 4)."""
         if z.dim() != 4:
             raise ValueError(f"TinyVAEDecoder.decode_to_uint8: expected [16,t,h,w], got {tuple(z.shape)}")
-        _, t, h, w = z.shape
-        frames = torch.empty(self.num_frames(t), 8 * h, 8 * w, 3, dtype=torch.uint8)
         for f0, chunk in self._decode_chunks(z[None], latents_per_chunk):
-            pixels = chunk[0].add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)   # [3, n, H, W]
-            frames[f0: f0 + pixels.shape[1]] = pixels.permute(1, 2, 3, 0).cpu()
-        return frames
+            yield f0, to_uint8_frames(chunk[0])
+
+    @torch.no_grad()
+    def decode_to_uint8(self, z: torch.Tensor, latents_per_chunk: int = 1) -> torch.Tensor:
+        """Normalised latents [16, t, h, w] -> uint8 frames [1 + 4(t-1), 8h, 8w, 3] (on CPU), as ``WanVAE``'s."""
+        return collect_frames(self.decode_uint8_chunks(z, latents_per_chunk),
+                              self.num_frames(z.shape[1]) if z.dim() == 4 else 0)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CACHE_T", "LATENT_MEAN", "LATENT_STD", "FrameCache", "WanVAE"]
+__all__ = ["CACHE_T", "LATENT_MEAN", "LATENT_STD", "FrameCache", "WanVAE", "collect_frames", "to_uint8_frames"]
 
 CACHE_T = 2
 
@@ -86,7 +86,7 @@ class RMSNorm(nn.Module):
         # reduces over dim 1 of [B,C,T,H,W] ~20x slower on CPU (80 % of the decode at small widths). Trade-off,
         # measured: differs from F.normalize by <= 1 ulp per element.
         xf = x.float()
-        norm = xf.square().sum(dim=1, keepdim=True).sqrt_().clamp_min_(1e-12)
+        norm = xf.square().sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)  # out of place: trainable
         return (xf / norm * self.scale * self.gamma.float()).to(x.dtype)
 
 
@@ -326,14 +326,32 @@ class WanVAE(nn.Module):
         return video
 
     @torch.no_grad()
-    def decode_to_uint8(self, z: torch.Tensor) -> torch.Tensor:
-        """Normalised latents [16,t,h,w] -> uint8 frames [1+4(t-1), 8h, 8w, 3] (on CPU), written chunk by chunk."""
+    def decode_uint8_chunks(self, z: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """Normalised latents [16,t,h,w] -> yields (first frame index, uint8 frames [n, 8h, 8w, 3] on CPU), one latent
+        frame at a time (n = 1, then 4), so a consumer (the MP4 encoder) can work while the next one decodes."""
         if z.dim() != 4:
             raise ValueError(f"WanVAE.decode_to_uint8: expected [16,t,h,w], got {tuple(z.shape)}")
-        _, t, h, w = z.shape
-        frames = torch.empty(self.num_frames(t), 8 * h, 8 * w, 3, dtype=torch.uint8)
         for f0, chunk in self._decode_chunks(z[None]):
-            pixels = chunk[0].add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)   # [3, n, H, W]
-            frames[f0: f0 + pixels.shape[1]] = pixels.permute(1, 2, 3, 0).cpu()
+            yield f0, to_uint8_frames(chunk[0])
             del chunk
-        return frames
+
+    @torch.no_grad()
+    def decode_to_uint8(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [16,t,h,w] -> uint8 frames [1+4(t-1), 8h, 8w, 3] (on CPU), written chunk by chunk."""
+        return collect_frames(self.decode_uint8_chunks(z), self.num_frames(z.shape[1]) if z.dim() == 4 else 0)
+
+
+def to_uint8_frames(chunk: torch.Tensor) -> torch.Tensor:
+    """[3, n, H, W] in [-1, 1] (any device, any float dtype: converted in fp32) -> uint8 [n, H, W, 3] on CPU."""
+    pixels = chunk.float().add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).cpu()
+
+
+def collect_frames(chunks: Iterator[tuple[int, torch.Tensor]], num_frames: int) -> torch.Tensor:
+    """(first frame index, uint8 [n, H, W, 3]) chunks -> one preallocated uint8 [num_frames, H, W, 3]."""
+    frames = None
+    for f0, chunk in chunks:
+        if frames is None:
+            frames = torch.empty(num_frames, *chunk.shape[1:], dtype=torch.uint8)
+        frames[f0: f0 + chunk.shape[0]] = chunk
+    return frames

@@ -5,8 +5,11 @@
 
 Adding an input to the DiTs or the pipelines is one edit below. Each pipeline is an ensemble::
 
-    wan_t2v : <pipeline>_request -> wan_text_encoder -> wan_t2v_dit -> wan_vae_decoder -> wan_video_encoder
-    wan_i2v : <pipeline>_request -> wan_image_encoder -> wan_text_encoder -> wan_i2v_dit -> wan_vae_decoder -> ...
+    wan_t2v : <pipeline>_request -> wan_text_encoder -> wan_t2v_dit -> wan_decode_to_mp4
+    wan_i2v : <pipeline>_request -> wan_image_encoder -> wan_text_encoder -> wan_i2v_dit -> wan_decode_to_mp4
+
+``wan_decode_to_mp4`` decodes and encodes in one process, the MP4 encoder fed frame chunks while the next latent
+frame decodes; ``wan_vae_decoder`` and ``wan_video_encoder`` (the two halves) stay served for direct calls.
 
 The request step validates every client input and resolves every default from the pipeline's run config before
 anything fans out, so the composing models only ever see explicit, checked values.
@@ -61,6 +64,7 @@ class ModelSpec:
     adapter: str = ""                 # model folder whose 1/model.py serves this model (shared adapters are symlinks)
     instance_kind: str = "KIND_CPU"
     instance_count: int = 1
+    gpus: tuple[int, ...] = ()        # KIND_GPU devices (deployment profiles, wan_distill.profiles); () = all
     header: str = ""                  # comment lines at the top
     decoupled: bool = False           # model_transaction_policy { decoupled: true } (any number of responses)
 
@@ -82,6 +86,10 @@ PROGRESS = _scalar("PROGRESS", "STRING")  # JSON answer of a DiT control request
 EVENT = _scalar("EVENT", "STRING")        # JSON progress event of a streamed pipeline (wan_distill.serving.stream)
 
 THREADS = ("num_threads", "0", "torch threads; 0 = all cores; $WAN_NUM_THREADS overrides")
+X264 = (("preset", "medium", "x264 preset (ultrafast ... veryslow); faster ones change the video"),
+        ("crf", "23", "x264 constant rate factor 0-51 (lower = better, bigger)"),
+        ("x264_threads", "0", "x264 threads; 0 = x264 decides"),
+        ("x264_lookahead", "-1", "x264 rc-lookahead frames; -1 = the preset's (40); short = encode keeps pace with decode"))
 
 
 def _weights(model_path_env: str, config_json: str, config_json_env: str) -> tuple[tuple[str, str, str], ...]:
@@ -187,11 +195,9 @@ def _ensemble(p: Pipeline) -> ModelSpec:
         dit_in.update(HEIGHT="height", WIDTH="width", NUM_FRAMES="num_frames")
     steps = (Step(p.request, {io.name: io.name for io in p.client_inputs}, checked), *encoders,
              Step(p.dit, dit_in, {"LATENTS": "latents"}, stage="denoise"),
-             Step("wan_vae_decoder", {"LATENTS": "latents"}, {"FRAMES": "frames"}, stage="decode"),
-             Step("wan_video_encoder", {"FRAMES": "frames", "FPS": "fps"},
-                  {"VIDEO_MP4": "VIDEO_MP4", "FRAMES_OUT": "FRAMES"}, stage="encode",
-                  note="FRAMES leaves through the last step: an ensemble output that also feeds a later step is not\n"
-                       "produced when the client does not ask for it (Triton 2.51 then reports a deadlock)."))
+             Step("wan_decode_to_mp4", {"LATENTS": "latents", "FPS": "fps"},
+                  {"VIDEO_MP4": "VIDEO_MP4", "FRAMES": "FRAMES"}, stage="decode",
+                  note="VAE decode with the MP4 encode overlapped (one step; FRAMES only when the client asks)."))
     return ModelSpec(p.name, tuple(io.opt() for io in p.client_inputs), (VIDEO_MP4, FRAMES), platform="ensemble",
                      steps=steps,
                      header="# Every input is optional here so that a missing one reaches the request step, which answers\n"
@@ -244,9 +250,13 @@ def repository() -> list[ModelSpec]:
         header="# The same Wan2.1_VAE.pth ships in every Wan2.1 model root; the first variable that is set wins.")
     video = ModelSpec(
         "wan_video_encoder", (FRAMES, FPS.opt()), (VIDEO_MP4, replace(FRAMES, name="FRAMES_OUT")),
-        adapter="wan_video_encoder",
-        params=(("default_fps", "16", ""), ("crf", "23", ""), ("preset", "medium", "")))
-    models = [text, image, vae, video]
+        adapter="wan_video_encoder", params=(("default_fps", "16", ""), *X264))
+    decode_to_mp4 = ModelSpec(
+        "wan_decode_to_mp4", (LATENTS, FPS.opt()), (VIDEO_MP4, FRAMES), adapter="wan_decode_to_mp4",
+        params=(*vae.params, *X264),
+        header="# The pipelines' last step: wan_vae_decoder + wan_video_encoder in one process, the MP4 encoder\n"
+               "# (a thread) fed each latent frame's frames while the next one decodes. Frames as wan_vae_decoder's.")
+    models = [text, image, vae, video, decode_to_mp4]
     for p in PIPELINES:
         models += [_request_model(p), _dit_model(p), _ensemble(p), _stream_model(p)]
     return sorted(models, key=lambda m: m.name)
@@ -289,7 +299,8 @@ def render(spec: ModelSpec) -> str:
             lines.append("    }" + ("," if i < len(spec.steps) - 1 else ""))
         lines += ["  ]", "}"]
     else:
-        lines.append(f"instance_group [ {{ count: {spec.instance_count} kind: {spec.instance_kind} }} ]")
+        gpus = f" gpus: [ {', '.join(map(str, spec.gpus))} ]" if spec.gpus else ""
+        lines.append(f"instance_group [ {{ count: {spec.instance_count} kind: {spec.instance_kind}{gpus} }} ]")
         for key, value, note in spec.params:
             lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
                          + (f"  # {note}" if note else ""))

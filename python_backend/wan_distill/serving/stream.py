@@ -2,7 +2,8 @@
 
 ``<pipeline>_stream`` (a decoupled python model) runs exactly the steps of the unary ensemble, read from the
 repository spec: request check first (so bad input gets the same INVALID_ARGUMENT naming the field), then the
-encoders (text and image at once for I2V), the DiT, the VAE decoder and the video encoder. Around the DiT step:
+encoders (for I2V the image encoder, then the text encoder), the DiT, and the decode with the MP4 encode overlapped in it (stage
+``decode``; ``encode`` names a separate video-encoder step, which the pipelines no longer have). Around the DiT:
 
 * the job request carries a job id (request parameter ``wan_job_id``); the DiT stays non-decoupled, so the unary
   ensembles and perf_analyzer are unchanged;
@@ -124,12 +125,13 @@ class _Run:
         return {name: self.tensors[name] for name in self.want if name in self.tensors}
 
     def done_event(self) -> dict:
-        """The last event: total seconds and the video's size (from the decoded frames [F, H, W, 3])."""
-        decoded = next((s for s in self.spec.steps if s.stage == "decode"), None)
+        """The last event: total seconds and the video's size (from the DiT's latents [16, t, h, w]: both decoders
+        give 1 + 4(t-1) frames of 8h x 8w)."""
+        denoised = next((s for s in self.spec.steps if s.stage == "denoise"), None)
         size = {}
-        if decoded is not None and next(iter(decoded.outputs.values())) in self.tensors:
-            f, h, w, _ = self.io.shape(self.tensors[next(iter(decoded.outputs.values()))])
-            size = {"num_frames": int(f), "height": int(h), "width": int(w)}
+        if denoised is not None and next(iter(denoised.outputs.values())) in self.tensors:
+            _, t, h, w = self.io.shape(self.tensors[next(iter(denoised.outputs.values()))])
+            size = {"num_frames": 1 + 4 * (int(t) - 1), "height": 8 * int(h), "width": 8 * int(w)}
         seconds = round(time.monotonic() - self.t0, 6)
         return {"type": "done", "t": seconds, "seconds": seconds, **size}
 

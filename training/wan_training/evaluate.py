@@ -1,0 +1,106 @@
+"""Quality of generated videos, measured with the attribute classifier: prompt following and a Fréchet distance.
+
+Every method runs through the project's own serving code: weights found and loaded strictly by
+``wan_distill.loaders`` from the model root and a run config, denoised by ``wan_distill.engine.DenoiseEngine``
+(the sampler of the run config: UniPC + CFG for the baseline, the 4-step distill schedule otherwise), text from
+the root's UMT5, frames from the root's VAE ``decode_to_uint8`` (the served decoder's output).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from wan_distill.config import RunConfig
+from wan_distill.engine import DenoiseEngine
+from wan_distill.loaders.checkpoint import load_dit
+from wan_distill.loaders.text_encoder import load_text_encoder
+from wan_distill.loaders.vae import load_vae_from_dir
+from wan_distill.models.dit import WanDiT
+from wan_distill.pipeline import text_len_of
+
+from .classifier import AttributeClassifier, frechet_distance, predict
+from .data import COMBOS, caption, from_uint8_frames, make_batch
+
+METHODS = ("teacher 50-step CFG", "teacher 4-step (no distillation)", "student 4-step", "base + LoRA 4-step")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    colour: str
+    shape: str
+    motion: str
+    seed: int
+
+    @property
+    def text(self) -> str:
+        return caption(self.colour, self.shape, self.motion)
+
+    @property
+    def labels(self) -> tuple[int, int, int]:
+        from .data import COLOURS, MOTIONS, SHAPES
+        return list(COLOURS).index(self.colour), SHAPES.index(self.shape), list(MOTIONS).index(self.motion)
+
+
+def eval_prompts(seeds: Sequence[int]) -> list[Prompt]:
+    """Every (colour, shape, motion) caption with every seed."""
+    return [Prompt(*combo, seed) for seed in seeds for combo in COMBOS]
+
+
+def load_classifier(path: Path) -> AttributeClassifier:
+    model = AttributeClassifier()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval().requires_grad_(False)
+
+
+class Generator:
+    """The root's text encoder and VAE, shared by every method; ``engines`` builds one engine per method."""
+
+    def __init__(self, root: Path, distill_config: Path, lora_config: Path, baseline_config: Path):
+        self.root = Path(root)
+        self.runs = {"distill": RunConfig.from_json(distill_config), "lora": RunConfig.from_json(lora_config),
+                     "baseline": RunConfig.from_json(baseline_config)}
+        self.text_encoder = load_text_encoder(self.root, "cpu", text_len_of(self.root, self.runs["distill"]))
+        self.vae = load_vae_from_dir(self.root, "cpu")
+
+    def engines(self) -> dict[str, DenoiseEngine]:
+        base: WanDiT = load_dit(self.root, self.runs["baseline"])          # base weights: the teacher
+        student = load_dit(self.root, self.runs["distill"])                # distill_models/distill_model.safetensors
+        merged = load_dit(self.root, self.runs["lora"])                    # base + distill LoRA
+        return dict(zip(METHODS, (DenoiseEngine(base, self.runs["baseline"], "cpu", 64),
+                                  DenoiseEngine(base, self.runs["distill"], "cpu", 64),
+                                  DenoiseEngine(student, self.runs["distill"], "cpu", 64),
+                                  DenoiseEngine(merged, self.runs["lora"], "cpu", 64))))
+
+    @torch.inference_mode()
+    def videos(self, engine: DenoiseEngine, prompts: Sequence[Prompt]) -> list[np.ndarray]:
+        """uint8 frames [F, H, W, 3] per prompt, at the run config's geometry."""
+        run = engine.run
+        shape = (16, 1 + (run.target_video_length - 1) // 4, run.target_height // 8, run.target_width // 8)
+        texts = sorted({p.text for p in prompts})
+        contexts = dict(zip(texts, self.text_encoder.encode(texts)))
+        negative = self.text_encoder.encode([run.negative_prompt])[0] if run.uses_cfg else None
+        jobs = [engine.new_job(contexts[p.text], p.seed, shape, negative_context=negative) for p in prompts]
+        engine.run_until_done(jobs)
+        return [self.vae.decode_to_uint8(job.result()).numpy() for job in jobs]
+
+
+def real_features(classifier: AttributeClassifier, seed: int, count: int) -> torch.Tensor:
+    videos, _ = make_batch(seed, 0, count)
+    return predict(classifier, videos)[1]
+
+
+def score(classifier: AttributeClassifier, frames: Sequence[np.ndarray], prompts: Sequence[Prompt],
+          real: torch.Tensor) -> dict[str, float]:
+    """Prompt-following accuracy (all three attributes right, and each alone) and the Fréchet distance to ``real``."""
+    videos = torch.stack([from_uint8_frames(f) for f in frames])
+    pred, feats = predict(classifier, videos)
+    labels = torch.tensor([p.labels for p in prompts])
+    hit = pred == labels
+    return {"accuracy": hit.all(1).float().mean().item(), "colour": hit[:, 0].float().mean().item(),
+            "shape": hit[:, 1].float().mean().item(), "motion": hit[:, 2].float().mean().item(),
+            "frechet": frechet_distance(feats, real)}

@@ -1,0 +1,161 @@
+"""The whole training recipe, one command: data -> VAE -> T2V teacher -> DMD 4-step student -> model root + LoRA,
+plus the attribute classifier used by the quality benchmark.
+
+    python -m wan_training.recipe --out training/models            # full recipe (toy scale, CPU)
+    python -m wan_training.recipe --out /tmp/smoke --smoke          # every stage, a few steps (seconds)
+
+Writes ``<out>/Wan2.1-T2V-toy/`` (the model root, see :mod:`.export`), ``<out>/attribute_classifier.safetensors``
+and ``<out>/training_log.json`` (sizes, steps, wall time per stage, VAE PSNR, LoRA reconstruction error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .classifier import ClassifierTrainConfig, predict, train_classifier
+from wan_distill.models.vae import WanVAE
+
+from .common import CaptionBank, ToySpec, new_dit, write_text_encoder
+from .data import HEIGHT, NUM_FRAMES, WIDTH, make_batch
+from .distill import DistillConfig, distill
+from .export import ROOT_NAME, write_model_root
+from .teacher import TeacherTrainConfig, train_teacher
+from .vae import VAETrainConfig, reconstruction_psnr, standardise_latents_, train_vae
+
+
+@dataclass(frozen=True)
+class Recipe:
+    spec: ToySpec = ToySpec()
+    vae: VAETrainConfig = VAETrainConfig()
+    num_latent_clips: int = 1200
+    teacher: TeacherTrainConfig = TeacherTrainConfig()
+    distill: DistillConfig = DistillConfig()
+    classifier: ClassifierTrainConfig = ClassifierTrainConfig()
+    lora_rank: int = 32
+    data_seed: int = 1000
+    eval_seed: int = 3000
+    notes: dict = field(default_factory=dict)
+
+    def smoke(self) -> "Recipe":
+        """Every stage for a few steps: the same code path, seconds instead of minutes."""
+        return replace(self, vae=replace(self.vae, steps=3, image_steps=1, image_batch=2, batch=2), num_latent_clips=8,
+                       teacher=replace(self.teacher, steps=3, batch=4, warmup=1),
+                       distill=replace(self.distill, steps=2, critic_steps=1, batch=2),
+                       classifier=replace(self.classifier, steps=2, batch=4))
+
+
+def encode_clips(vae, seed: int, count: int, chunk: int = 16) -> tuple[torch.Tensor, list[str]]:
+    latents, captions = [], []
+    for start in range(0, count, chunk):
+        video, clips = make_batch(seed, start, min(chunk, count - start))
+        latents += [vae.encode(v[None])[0] for v in video]
+        captions += [c.caption for c in clips]
+    return torch.stack(latents), captions
+
+
+def _cached(path: Path, reuse: bool, train, build):
+    """Train (and save the state dict, with the seconds it took) or, with ``reuse`` and a saved file, load."""
+    if reuse and path.is_file():
+        saved = torch.load(path, weights_only=True)
+        model = build()
+        model.load_state_dict(saved["state"])
+        _cached.seconds[path.stem] = saved["seconds"]
+        return model.eval().requires_grad_(False)
+    t = time.perf_counter()
+    model = train()
+    _cached.seconds[path.stem] = time.perf_counter() - t
+    torch.save({"state": model.state_dict(), "seconds": _cached.seconds[path.stem]}, path)
+    return model
+
+
+_cached.seconds = {}
+
+
+def run(recipe: Recipe, out: Path, log=print, reuse: bool = False, reuse_student: bool = True) -> dict:
+    out = Path(out)
+    root = out / ROOT_NAME
+    root.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    work = out / "work"       # stage results, so --reuse can rerun later stages alone (not committed)
+    work.mkdir(exist_ok=True)
+
+    t = time.perf_counter()
+    vae = _cached(work / "vae.pt", reuse, lambda: train_vae(recipe.vae, log), lambda: WanVAE(dim=recipe.vae.dim))
+    calib, _ = make_batch(recipe.data_seed + 1, 0, 48 if recipe.num_latent_clips > 8 else 4)
+    stats = standardise_latents_(vae, calib)
+    held_out, _ = make_batch(recipe.eval_seed, 0, 60 if recipe.num_latent_clips > 8 else 2)
+    psnr = reconstruction_psnr(vae, held_out)
+    times["vae"] = time.perf_counter() - t
+    log(f"vae: {psnr:.2f} dB reconstruction PSNR on held-out clips ({times['vae']:.0f} s)")
+
+    t = time.perf_counter()
+    latents, captions = encode_clips(vae, recipe.data_seed, recipe.num_latent_clips)
+    write_text_encoder(root)
+    bank = CaptionBank(root, recipe.spec.text_len)
+    times["encode"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    teacher = _cached(work / "teacher.pt", reuse, lambda: train_teacher(latents, captions, bank, recipe.spec,
+                                                                         recipe.teacher, log),
+                      lambda: new_dit(recipe.spec, 0))
+    times["teacher"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    student = _cached(work / "student.pt", reuse and reuse_student,
+                      lambda: distill(teacher, bank, tuple(latents.shape[1:]), recipe.distill, log=log),
+                      lambda: new_dit(recipe.spec, 0))
+    times["distill"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    lora_errors = write_model_root(root, teacher, student, vae, recipe.lora_rank)
+    times["export"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    clf = train_classifier(recipe.classifier, log)
+    real, clips = make_batch(recipe.eval_seed, 0, 120 if recipe.num_latent_clips > 8 else 4)
+    pred, _ = predict(clf, real)
+    labels = torch.tensor([c.labels for c in clips])
+    clf_acc = (pred == labels).all(1).float().mean().item()
+    save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(out / "attribute_classifier.safetensors"))
+    times["classifier"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t_all
+
+    summary = {"geometry": {"frames": NUM_FRAMES, "height": HEIGHT, "width": WIDTH,
+                            "latent": list(latents.shape[1:])},
+               "recipe": asdict(recipe), "seconds": times, "training_seconds": dict(_cached.seconds), "vae_psnr_db": psnr,
+               "vae_latent_stats_before_fold": {"mean": stats[0].tolist(), "std": stats[1].tolist()},
+               "lora": {"rank": recipe.lora_rank, **lora_errors},
+               "classifier_accuracy_real": clf_acc, "torch_threads": torch.get_num_threads(),
+               "parameters": {"dit": sum(p.numel() for p in teacher.parameters()),
+                              "vae": sum(p.numel() for p in vae.parameters())}}
+    (out / "training_log.json").write_text(json.dumps(summary, indent=2))
+    log(f"done in {times['total']:.0f} s: {json.dumps(times)}; LoRA rank {recipe.lora_rank} error "
+        f"{lora_errors['relative_error']:.4f}; classifier accuracy on real clips {clf_acc:.3f}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true", help="a few steps per stage")
+    parser.add_argument("--reuse", action="store_true",
+                        help="load stages already trained in <out>/work/ (vae, teacher, student) instead of training")
+    parser.add_argument("--redistill", action="store_true", help="with --reuse: train the student again")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("WAN_NUM_THREADS", "1")))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = Recipe().smoke() if args.smoke else Recipe()
+    run(recipe, args.out, log=lambda msg: print(msg, flush=True), reuse=args.reuse, reuse_student=not args.redistill)
+
+
+if __name__ == "__main__":
+    main()
