@@ -107,3 +107,113 @@ def test_exif_orientation_turns_the_picture_upright():
     exif[0x0112] = 6  # rotate 90 CW to display: a portrait photo stored landscape
     Image.new("RGB", (96, 64)).save(buf, format="JPEG", exif=exif)
     assert decode_image(buf.getvalue(), RUN.max_image_pixels).size == (64, 96)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# StubSupervisor against fake stubs (children of this process) and a fake model-control API
+# ---------------------------------------------------------------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import uuid  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from wan_distill.serving.supervisor import CONTROL_HEADER, StubSupervisor, list_stubs  # noqa: E402
+
+
+class FakeTriton:
+    """Python processes whose argv looks like a python stub's, and the three model-control calls the supervisor
+    makes (index / unload / load; load starts a new stub)."""
+
+    def __init__(self, tmp: Path, model: str = "wan_fake"):
+        self.tmp, self.model, self.calls, self.procs, self.ready = tmp, model, [], [], {model}
+        (tmp / model / "1").mkdir(parents=True)
+        (tmp / model / "1" / "model.py").write_text("import time\ntime.sleep(120)\n")
+        (tmp / "triton_python_backend_stub").symlink_to(sys.executable)
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                fake.calls.append((self.path, self.headers.get(CONTROL_HEADER)))
+                body = b"{}"
+                if self.path.endswith("/index"):
+                    body = json.dumps([{"name": m, "state": "READY"} for m in fake.ready]).encode()
+                elif self.path.endswith("/load"):
+                    fake.start_stub()
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.url = f"127.0.0.1:{self.http.server_address[1]}"
+
+    def start_stub(self) -> Path:
+        region = f"triton_python_backend_shm_region_test_{uuid.uuid4().hex}"
+        shm = Path("/dev/shm") / region
+        shm.write_bytes(b"\0" * 16)
+        self.procs.append(subprocess.Popen([str(self.tmp / "triton_python_backend_stub"),
+                                            str(self.tmp / self.model / "1" / "model.py"), f"/{region}", "1", "1",
+                                            str(os.getpid()), "lib", "1", f"{self.model}_0_0", "dir"]))
+        return shm
+
+    def close(self):
+        self.http.shutdown()
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        for shm in Path("/dev/shm").glob("triton_python_backend_shm_region_test_*"):
+            shm.unlink()
+
+
+@pytest.fixture
+def fake_triton(tmp_path):
+    fake = FakeTriton(tmp_path)
+    yield fake
+    fake.close()
+
+
+def wait_for(check, timeout_s: float = 10.0):
+    import time
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_supervisor_reloads_the_model_of_a_dead_stub_and_removes_its_shm(fake_triton):
+    shm = fake_triton.start_stub()
+    wait_for(lambda: "wan_fake_0_0" in list_stubs(os.getpid()))
+    sup = StubSupervisor(os.getpid(), fake_triton.url, token="tok", log=lambda m: None)
+    assert sup.check() == [] and sup.known["wan_fake_0_0"].shm_region == shm.name
+    os.kill(fake_triton.procs[0].pid, signal.SIGKILL)  # not reaped: a zombie, as under tritonserver
+    wait_for(lambda: "wan_fake_0_0" not in list_stubs(os.getpid()))
+    assert sup.check() == ["wan_fake"]
+    paths = [p for p, _ in fake_triton.calls]
+    assert paths == ["/v2/repository/index", "/v2/repository/models/wan_fake/unload",
+                     "/v2/repository/models/wan_fake/load"]
+    assert all(token == "tok" for _, token in fake_triton.calls)
+    assert not shm.exists() and sup.recoveries == 1
+    assert sup.known["wan_fake_0_0"].pid == fake_triton.procs[1].pid  # the new stub is watched now
+    assert sup.check() == [] and len(fake_triton.calls) == 3
+
+
+def test_supervisor_leaves_a_model_an_operator_unloaded(fake_triton):
+    fake_triton.start_stub()
+    wait_for(lambda: "wan_fake_0_0" in list_stubs(os.getpid()))
+    sup = StubSupervisor(os.getpid(), fake_triton.url, log=lambda m: None)
+    sup.check()
+    fake_triton.ready.clear()  # unloaded on purpose: the index no longer says READY
+    fake_triton.procs[0].terminate()
+    wait_for(lambda: "wan_fake_0_0" not in list_stubs(os.getpid()))
+    assert sup.check() == ["wan_fake"]
+    assert [p for p, _ in fake_triton.calls] == ["/v2/repository/index"] and sup.recoveries == 0
+    assert sup.known == {}
