@@ -22,6 +22,11 @@ class FakeTritonError(Exception):
 def test_a_dead_stub_is_retryable_other_internal_errors_are_not():
     dead = from_triton(FakeTritonError("StatusCode.INTERNAL", "Stub process 'wan_t2v_dit_0_0' is not healthy."))
     assert isinstance(dead, ServerUnavailableError) and dead.code == "UNAVAILABLE"
+    reloading = from_triton(FakeTritonError("StatusCode.NOT_FOUND",
+                                            "Request for unknown model: 'wan_t2v' has no available versions"))
+    assert isinstance(reloading, ServerUnavailableError)
+    unknown = from_triton(FakeTritonError("StatusCode.NOT_FOUND", "Request for unknown model: 'wan_x' is not found"))
+    assert unknown.code == "NOT_FOUND" and not isinstance(unknown, ServerUnavailableError)
     bug = from_triton(FakeTritonError("StatusCode.INTERNAL", "wan_t2v_dit: RuntimeError: boom"))
     assert isinstance(bug, ServerError) and bug.code == "INTERNAL"
 
