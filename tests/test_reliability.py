@@ -183,16 +183,18 @@ def test_stub_killed_mid_request_fails_that_request_and_is_reloaded(grpc, server
     model, dit = "wan_i2v_baseline", "wan_i2v_dit_baseline"
     before = grpc.get_inference_statistics(dit).model_stats[0].execution_count
     box = {}
+    # tritonserver 2.51 never answers a request whose stub died (bench/results/reliability.md): it ends at the
+    # client's deadline, kept short here
     thread = threading.Thread(target=lambda: box.update(r=call(grpc, model, i2v(HEIGHT=256, WIDTH=256, NUM_FRAMES=9),
-                                                                timeout=90)))
+                                                                timeout=25)))
     thread.start()
     deadline = time.monotonic() + 30
     while grpc.get_inference_statistics(dit).model_stats[0].execution_count == before and time.monotonic() < deadline:
         time.sleep(0.05)
     dead = stub_of(server, dit)
     os.kill(dead.pid, signal.SIGKILL)  # the DiT engine is denoising the request (40 CFG steps)
-    thread.join(95)
-    assert not thread.is_alive(), "the request in flight never ended"
+    thread.join(30)
+    assert not thread.is_alive(), "the request in flight did not end at its deadline"
     assert isinstance(box["r"], InferenceServerException), "a request whose DiT died cannot have a video"
     wait_recovered(grpc, server, dit, dead.pid)
     r = call(grpc, model, i2v(NUM_FRAMES=1))
