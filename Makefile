@@ -22,6 +22,11 @@ train: setup
 test: setup
 	@$(PY) -m pytest -q tests
 
+# Hostile catalogue, bursts, killed stubs, queue bound, soak on the real server (also part of `make test`).
+.PHONY: test-reliability
+test-reliability: setup
+	@$(PY) -m pytest -q tests/test_reliability.py tests/test_reliability_units.py
+
 # Serves the tiny demo models with the demo configs (SERVE_ARGS: e.g. "--grpc-port 8001"); for real weights run
 # scripts/triton_server.py with the WAN_* variables set (README, "Serving real Wan2.1 weights").
 serve: setup tiny

@@ -22,6 +22,11 @@ class FakeTritonError(Exception):
 def test_a_dead_stub_is_retryable_other_internal_errors_are_not():
     dead = from_triton(FakeTritonError("StatusCode.INTERNAL", "Stub process 'wan_t2v_dit_0_0' is not healthy."))
     assert isinstance(dead, ServerUnavailableError) and dead.code == "UNAVAILABLE"
+    reloading = from_triton(FakeTritonError("StatusCode.NOT_FOUND",
+                                            "Request for unknown model: 'wan_t2v' has no available versions"))
+    assert isinstance(reloading, ServerUnavailableError)
+    unknown = from_triton(FakeTritonError("StatusCode.NOT_FOUND", "Request for unknown model: 'wan_x' is not found"))
+    assert unknown.code == "NOT_FOUND" and not isinstance(unknown, ServerUnavailableError)
     bug = from_triton(FakeTritonError("StatusCode.INTERNAL", "wan_t2v_dit: RuntimeError: boom"))
     assert isinstance(bug, ServerError) and bug.code == "INTERNAL"
 
@@ -46,3 +51,174 @@ def test_stub_command_line_gives_model_instance_and_shm_region():
     assert (stub.model, stub.instance, stub.shm_region) == ("wan_t2v_dit", "wan_t2v_dit_0_0",
                                                             "triton_python_backend_shm_region_4f2a")
     assert _stub_of(8, ["/usr/bin/python3", "x"]) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# wan_distill.limits: what every composing model refuses
+# ---------------------------------------------------------------------------------------------------------------
+import io  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from wan_distill.config import RunConfig  # noqa: E402
+from wan_distill.errors import InvalidRequest  # noqa: E402
+from wan_distill.limits import check_frames, check_i2v_geometry, check_latents  # noqa: E402
+from wan_distill.requests import Geometry, decode_image  # noqa: E402
+
+RUN = RunConfig()
+
+
+@pytest.mark.parametrize("latents, rule", [
+    (np.zeros((16, 1, 200, 200), np.float32), "1600x1600"),
+    (np.zeros((16, 42, 2, 2), np.float32), "165 frames"),
+    (np.zeros((16, 0, 4, 4), np.float32), "empty"),
+    (np.full((16, 1, 4, 4), np.nan, np.float32), "finite"),
+    (np.zeros((16, 1, 4, 4), np.float64), "float32"),
+    (np.zeros((15, 1, 4, 4), np.float32), "[16, t, h, w]"),
+])
+def test_latents_outside_the_limits_are_refused_by_name(latents, rule):
+    with pytest.raises(InvalidRequest, match="LATENTS") as ei:
+        check_latents(latents, RUN)
+    assert rule in str(ei.value)
+
+
+def test_good_latents_and_frames_pass():
+    check_latents(np.zeros((16, 3, 4, 6), np.float32), RUN)
+    check_frames(np.zeros((9, 32, 48, 3), np.uint8), RUN)
+
+
+@pytest.mark.parametrize("frames, rule", [
+    (np.zeros((1, 33, 47, 3), np.uint8), "even"),
+    (np.zeros((0, 32, 48, 3), np.uint8), "empty"),
+    (np.zeros((200, 16, 16, 3), np.uint8), "200 frames"),
+    (np.zeros((1, 32, 48, 3), np.float32), "uint8"),
+])
+def test_frames_the_encoder_cannot_take_are_refused_by_name(frames, rule):
+    with pytest.raises(InvalidRequest, match="FRAMES") as ei:
+        check_frames(frames, RUN)
+    assert rule in str(ei.value)
+
+
+def test_an_i2v_size_beyond_the_limits_names_the_image():
+    check_i2v_geometry(Geometry(480, 832, 81), RUN)
+    with pytest.raises(InvalidRequest, match="^IMAGE: its aspect ratio gives a 10240x160 video"):
+        check_i2v_geometry(Geometry(10240, 160, 1), RUN)
+
+
+def test_exif_orientation_turns_the_picture_upright():
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display: a portrait photo stored landscape
+    Image.new("RGB", (96, 64)).save(buf, format="JPEG", exif=exif)
+    assert decode_image(buf.getvalue(), RUN.max_image_pixels).size == (64, 96)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# StubSupervisor against fake stubs (children of this process) and a fake model-control API
+# ---------------------------------------------------------------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import uuid  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from wan_distill.serving.supervisor import CONTROL_HEADER, StubSupervisor, list_stubs  # noqa: E402
+
+
+class FakeTriton:
+    """Python processes whose argv looks like a python stub's, and the three model-control calls the supervisor
+    makes (index / unload / load; load starts a new stub)."""
+
+    def __init__(self, tmp: Path, model: str = "wan_fake"):
+        self.tmp, self.model, self.calls, self.procs, self.ready = tmp, model, [], [], {model}
+        (tmp / model / "1").mkdir(parents=True)
+        (tmp / model / "1" / "model.py").write_text("import time\ntime.sleep(120)\n")
+        (tmp / "triton_python_backend_stub").symlink_to(sys.executable)
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                fake.calls.append((self.path, self.headers.get(CONTROL_HEADER)))
+                body = b"{}"
+                if self.path.endswith("/index"):
+                    body = json.dumps([{"name": m, "state": "READY"} for m in fake.ready]).encode()
+                elif self.path.endswith("/load"):
+                    fake.start_stub()
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.url = f"127.0.0.1:{self.http.server_address[1]}"
+
+    def start_stub(self) -> Path:
+        region = f"triton_python_backend_shm_region_test_{uuid.uuid4().hex}"
+        shm = Path("/dev/shm") / region
+        shm.write_bytes(b"\0" * 16)
+        self.procs.append(subprocess.Popen([str(self.tmp / "triton_python_backend_stub"),
+                                            str(self.tmp / self.model / "1" / "model.py"), f"/{region}", "1", "1",
+                                            str(os.getpid()), "lib", "1", f"{self.model}_0_0", "dir"]))
+        return shm
+
+    def close(self):
+        self.http.shutdown()
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        for shm in Path("/dev/shm").glob("triton_python_backend_shm_region_test_*"):
+            shm.unlink()
+
+
+@pytest.fixture
+def fake_triton(tmp_path):
+    fake = FakeTriton(tmp_path)
+    yield fake
+    fake.close()
+
+
+def wait_for(check, timeout_s: float = 10.0):
+    import time
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_supervisor_reloads_the_model_of_a_dead_stub_and_removes_its_shm(fake_triton):
+    shm = fake_triton.start_stub()
+    wait_for(lambda: "wan_fake_0_0" in list_stubs(os.getpid()))
+    sup = StubSupervisor(os.getpid(), fake_triton.url, token="tok", log=lambda m: None)
+    assert sup.check() == [] and sup.known["wan_fake_0_0"].shm_region == shm.name
+    os.kill(fake_triton.procs[0].pid, signal.SIGKILL)  # not reaped: a zombie, as under tritonserver
+    wait_for(lambda: "wan_fake_0_0" not in list_stubs(os.getpid()))
+    assert sup.check() == ["wan_fake"]
+    paths = [p for p, _ in fake_triton.calls]
+    assert paths == ["/v2/repository/index", "/v2/repository/models/wan_fake/unload",
+                     "/v2/repository/models/wan_fake/load"]
+    assert all(token == "tok" for _, token in fake_triton.calls)
+    assert not shm.exists() and sup.recoveries == 1
+    assert sup.known["wan_fake_0_0"].pid == fake_triton.procs[1].pid  # the new stub is watched now
+    assert sup.check() == [] and len(fake_triton.calls) == 3
+
+
+def test_supervisor_leaves_a_model_an_operator_unloaded(fake_triton):
+    fake_triton.start_stub()
+    wait_for(lambda: "wan_fake_0_0" in list_stubs(os.getpid()))
+    sup = StubSupervisor(os.getpid(), fake_triton.url, log=lambda m: None)
+    sup.check()
+    fake_triton.ready.clear()  # unloaded on purpose: the index no longer says READY
+    fake_triton.procs[0].terminate()
+    wait_for(lambda: "wan_fake_0_0" not in list_stubs(os.getpid()))
+    assert sup.check() == ["wan_fake"]
+    assert [p for p, _ in fake_triton.calls] == ["/v2/repository/index"] and sup.recoveries == 0
+    assert sup.known == {}

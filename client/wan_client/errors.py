@@ -59,9 +59,12 @@ def from_triton(exc: Exception, model: str | None = None, attempts: int = 1) -> 
     reports as INTERNAL; a direct connection losing its server is UNAVAILABLE. It becomes UNAVAILABLE (retried).
 
     So does INTERNAL "Stub process '<instance>' is not healthy": a crashed python-backend stub, which the server's
-    stub supervisor reloads within seconds (README, Reliability); a retry after that succeeds."""
+    stub supervisor reloads within seconds (README, Reliability); a retry after that succeeds. While it reloads, the
+    model and the pipelines using it are unloaded: NOT_FOUND "... has no available versions", also retried."""
     code = status_name(exc.status()) if hasattr(exc, "status") else None
     message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     if code == "INTERNAL" and _RETRYABLE_INTERNAL.search(message or ""):
+        code = "UNAVAILABLE"
+    if code == "NOT_FOUND" and "has no available versions" in (message or ""):  # being reloaded, not unknown
         code = "UNAVAILABLE"
     return _BY_CODE.get(code, ServerError)(message or str(exc), code=code, model=model, attempts=attempts)

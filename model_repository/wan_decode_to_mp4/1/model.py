@@ -14,7 +14,7 @@ import triton_io  # noqa: E402
 import triton_metrics  # noqa: E402
 
 from wan_distill.deployment import Deployment  # noqa: E402
-from wan_distill.errors import InvalidRequest  # noqa: E402
+from wan_distill.limits import check_latents  # noqa: E402
 from wan_distill.loaders.vae import load_decoder  # noqa: E402
 from wan_distill.requests import check_fps  # noqa: E402
 from wan_distill.video import X264Settings, decode_to_mp4  # noqa: E402
@@ -36,8 +36,7 @@ class TritonPythonModel:
 
     def _run(self, request):
         latents = torch.from_numpy(triton_io.array(request, "LATENTS"))
-        if latents.dim() != 4 or latents.shape[0] != 16 or min(latents.shape) < 1:
-            raise InvalidRequest("LATENTS", f"must be [16, t, h, w], got {list(latents.shape)}")
+        check_latents(latents.numpy(), self.deployment.run)  # shape, finite, the deployment's frame/pixel limits
         fps = check_fps(triton_io.scalar(request, "FPS"), self.deployment.run)
         want_frames = "FRAMES" in request.requested_output_names()  # the raw frames only travel when asked
         out = decode_to_mp4(self.vae.decode_uint8_chunks(latents.to(self.deployment.device)),

@@ -13,7 +13,8 @@ import triton_io  # noqa: E402
 from wan_distill.deployment import Deployment  # noqa: E402
 from wan_distill.loaders.image_encoder import load_image_encoder  # noqa: E402
 from wan_distill.loaders.vae import load_vae_from_dir  # noqa: E402
-from wan_distill.pipeline import ImageConditioner  # noqa: E402
+from wan_distill.limits import check_i2v_geometry  # noqa: E402
+from wan_distill.pipeline import ImageConditioner, i2v_geometry  # noqa: E402
 from wan_distill.requests import check_geometry  # noqa: E402
 
 
@@ -31,6 +32,7 @@ class TritonPythonModel:
         geo = check_geometry(self.deployment.run, triton_io.scalar(request, "HEIGHT"),
                              triton_io.scalar(request, "WIDTH"), triton_io.scalar(request, "NUM_FRAMES"))
         image = self.conditioner.decode(triton_io.scalar(request, "IMAGE"))
+        check_i2v_geometry(i2v_geometry(image.size[::-1], geo.height * geo.width, geo.num_frames), self.deployment.run)
         cond = self.conditioner(image, geo.height * geo.width, geo.num_frames)
         outputs = [triton_io.tensor("CLIP_FEATURE", cond.clip_fea.numpy()),
                    triton_io.tensor("IMAGE_LATENT", cond.y.numpy())]

@@ -11,7 +11,7 @@ import triton_io  # noqa: E402
 import triton_metrics  # noqa: E402
 
 from wan_distill.deployment import Deployment  # noqa: E402
-from wan_distill.errors import InvalidRequest  # noqa: E402
+from wan_distill.limits import check_latents  # noqa: E402
 from wan_distill.loaders.vae import load_decoder  # noqa: E402
 
 
@@ -27,8 +27,7 @@ class TritonPythonModel:
 
     def _decode(self, request):
         latents = torch.from_numpy(triton_io.array(request, "LATENTS"))
-        if latents.shape[0] != 16 or min(latents.shape) < 1:
-            raise InvalidRequest("LATENTS", f"must be [16, t, h, w], got {list(latents.shape)}")
+        check_latents(latents.numpy(), self.deployment.run)  # shape, finite, the deployment's frame/pixel limits
         with self.timer.time():
             frames = self.vae.decode_to_uint8(latents.to(self.deployment.device))
         return [triton_io.tensor("FRAMES", frames.cpu().numpy())]

@@ -10,6 +10,7 @@ import triton_io  # noqa: E402
 import triton_metrics  # noqa: E402
 
 from wan_distill.config import RunConfig  # noqa: E402
+from wan_distill.limits import check_frames  # noqa: E402
 from wan_distill.requests import check_fps  # noqa: E402
 from wan_distill.video import X264Settings, encode_mp4  # noqa: E402
 
@@ -29,6 +30,7 @@ class TritonPythonModel:
     def _encode(self, request):
         fps = check_fps(triton_io.scalar(request, "FPS"), self.defaults)
         frames = triton_io.array(request, "FRAMES")
+        check_frames(frames, self.defaults)  # uint8 RGB, >= 1 frame, even sides (libx264), the deployment's limits
         with self.timer.time():
             mp4 = encode_mp4(frames, fps, settings=self.x264)
         outputs = [triton_io.bytes_tensor("VIDEO_MP4", mp4)]

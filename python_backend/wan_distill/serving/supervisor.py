@@ -145,7 +145,8 @@ class StubSupervisor(threading.Thread):
                     continue
                 self._recover(model, stubs)
             live = list_stubs(self.server_pid)
-        self.known = {**{k: v for k, v in self.known.items() if _alive(v.pid)}, **live}
+        # a stub that died meanwhile (during a reload above) stays known, so the next check finds it
+        self.known.update(live)
         return broken
 
     def _recover(self, model: str, stubs: list[Stub]) -> None:
