@@ -234,13 +234,14 @@ def test_replica_killed_mid_run(replicas, balancer, reference):
 
 
 def test_stream_reset_by_proxy_is_unavailable():
-    """The one INTERNAL that wan_client retries is gRPC's report of a stream reset (RST_STREAM code 2), never a
-    status Triton sent."""
+    """wan_client retries gRPC's report of a stream reset (RST_STREAM code 2) as UNAVAILABLE; an INTERNAL that Triton
+    sent for a failed model is raised (a dead stub's "is not healthy" is the one other retried INTERNAL:
+    tests/test_reliability.py)."""
     reset = from_triton(InferenceServerException(
         "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))", status="StatusCode.INTERNAL"))
     assert isinstance(reset, ServerUnavailableError) and reset.code == "UNAVAILABLE"
-    triton = from_triton(InferenceServerException("Stub process 'wan_t2v_dit_0_0' is not healthy.",
-                                                  status="StatusCode.INTERNAL"))
+    triton = from_triton(InferenceServerException("Failed to process the request(s) for model 'wan_t2v_dit_0_0', "
+                                                  "message: RuntimeError: boom", status="StatusCode.INTERNAL"))
     assert type(triton) is ServerError and triton.code == "INTERNAL"
 
 

@@ -57,8 +57,14 @@ def server(tiny_models, tmp_path_factory):
         yield srv
 
 
+def skip_without_ui_venv() -> None:
+    if not (UI_VENV / "bin" / "wan-ui").exists():
+        pytest.skip("no .venv-ui: `make test-ui` builds it (make ui-env)")
+
+
 @pytest.fixture(scope="module")
 def ui(server, tmp_path_factory):
+    skip_without_ui_venv()
     with WanUi(server.grpc_url, log_path=tmp_path_factory.mktemp("ui") / "wan-ui.log") as app:
         yield app
 
@@ -67,8 +73,7 @@ def ui(server, tmp_path_factory):
 def browser(tmp_path_factory):
     if chromium_path() is None:
         pytest.skip("no Chromium: apt-get install -y chromium chromium-driver (.ci/run does)")
-    if not (UI_VENV / "bin" / "wan-ui").exists():
-        pytest.skip("no .venv-ui: `make test-ui` builds it (make ui-env)")
+    skip_without_ui_venv()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing: make setup (requirements-dev.txt)")
     with sync_api.sync_playwright() as p:
         context = launch_chromium(p, tmp_path_factory.mktemp("chromium-profile"))
