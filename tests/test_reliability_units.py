@@ -222,3 +222,27 @@ def test_supervisor_leaves_a_model_an_operator_unloaded(fake_triton):
     assert sup.check() == ["wan_fake"]
     assert [p for p, _ in fake_triton.calls] == ["/v2/repository/index"] and sup.recoveries == 0
     assert sup.known == {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The wrapper's exit code: a stop it was asked for is 0 (tritonserver exits 1 on SIGTERM), a crash is not
+# ---------------------------------------------------------------------------------------------------------------
+FAKE_SERVER = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))  # as tritonserver: 1 after a clean SIGTERM stop\n"
+               "time.sleep(float(sys.argv[1]))\n"
+               "sys.exit(3)\n")
+
+
+def wrapper(seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "wan_distill.serving.supervisor", "--ready-timeout", "30", "--",
+                             sys.executable, "-c", FAKE_SERVER, str(seconds), "--http-port=1"],
+                            stderr=subprocess.DEVNULL)
+
+
+def test_wrapper_reports_a_requested_stop_as_clean_and_a_crash_as_is():
+    import time
+    proc = wrapper(60)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert wrapper(0.2).wait(20) == 3
