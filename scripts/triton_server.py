@@ -371,10 +371,14 @@ def apply_profile(a: argparse.Namespace, env: dict[str, str]) -> None:
         env.setdefault(key, value)
 
 
-def exec_tritonserver(binary: str, model_repository: str, extra: list[str], env: Mapping[str, str]) -> None:
-    """Replace this process by ``binary --model-repository=...`` (signals then reach tritonserver directly)."""
+def exec_tritonserver(binary: str, model_repository: str, extra: list[str], env: Mapping[str, str],
+                      supervise: bool = False) -> None:
+    """Replace this process by ``binary --model-repository=...`` (signals then reach tritonserver directly), or with
+    ``supervise`` by the stub supervisor running it (``python -m wan_distill.serving.supervisor -- binary ...``)."""
     remove_stray_pycache(Path(model_repository))
     argv = [binary, f"--model-repository={model_repository}", *extra]
+    if supervise:
+        argv, binary = [sys.executable, "-m", "wan_distill.serving.supervisor", "--", *argv], sys.executable
     print(f"[triton_server] exec {' '.join(argv)}", file=sys.stderr, flush=True)
     os.execvpe(binary, argv, {**os.environ, **env})
 
@@ -416,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[triton_server] {e}", file=sys.stderr)
         return 2
     if a.exec_binary:
-        exec_tritonserver(a.exec_binary, a.model_repository, a.extra, env)
+        exec_tritonserver(a.exec_binary, a.model_repository, a.extra, env, a.supervise)
     srv = TritonServer(a.model_repository, a.grpc_port, a.http_port, a.metrics_port, a.log_path,
                        a.extra, a.ready_timeout, env=env, exit_timeout_s=a.exit_timeout, supervise=a.supervise)
     if a.log_path is None:

@@ -246,3 +246,23 @@ def test_wrapper_reports_a_requested_stop_as_clean_and_a_crash_as_is():
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     assert wrapper(0.2).wait(20) == 3
+
+
+def test_launcher_exec_with_supervise_runs_tritonserver_under_the_supervisor(tmp_path):
+    """The container path (docker/Dockerfile's wan-serve): triton_server.py --exec BINARY --supervise."""
+    import time
+    fake = tmp_path / "tritonserver"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(sys.argv))\n"
+                    + FAKE_SERVER.replace("float(sys.argv[1])", "60"))
+    fake.chmod(0o755)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "scripts" / "triton_server.py"), "--exec", str(fake),
+                             "--supervise", "--model-repository", str(tmp_path), "--", "--http-port=1"],
+                            stderr=subprocess.DEVNULL)
+    wait_for(lambda: (tmp_path / "argv.json").exists(), 30)
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert "--model-control-mode=explicit" in argv and any(a.startswith("--grpc-restricted-protocol=") for a in argv)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
