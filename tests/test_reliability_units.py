@@ -134,10 +134,12 @@ class FakeTriton:
     """Python processes whose argv looks like a python stub's, and the three model-control calls the supervisor
     makes (index / unload / load; load starts a new stub)."""
 
-    def __init__(self, tmp: Path, model: str = "wan_fake"):
-        self.tmp, self.model, self.calls, self.procs, self.ready = tmp, model, [], [], {model}
-        (tmp / model / "1").mkdir(parents=True)
-        (tmp / model / "1" / "model.py").write_text("import time\ntime.sleep(120)\n")
+    def __init__(self, tmp: Path, models: tuple[str, ...] = ("wan_fake", "wan_other")):
+        self.tmp, self.calls, self.procs, self.ready = tmp, [], [], set(models)
+        self.on_load = None  # called while a load request is being answered
+        for model in models:
+            (tmp / model / "1").mkdir(parents=True)
+            (tmp / model / "1" / "model.py").write_text("import time\ntime.sleep(120)\n")
         (tmp / "triton_python_backend_stub").symlink_to(sys.executable)
         fake = self
 
@@ -149,7 +151,9 @@ class FakeTriton:
                 if self.path.endswith("/index"):
                     body = json.dumps([{"name": m, "state": "READY"} for m in fake.ready]).encode()
                 elif self.path.endswith("/load"):
-                    fake.start_stub()
+                    fake.start_stub(self.path.split("/")[-2])
+                    if fake.on_load:
+                        fake.on_load()
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(body)
@@ -161,13 +165,13 @@ class FakeTriton:
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
         self.url = f"127.0.0.1:{self.http.server_address[1]}"
 
-    def start_stub(self) -> Path:
+    def start_stub(self, model: str = "wan_fake") -> Path:
         region = f"triton_python_backend_shm_region_test_{uuid.uuid4().hex}"
         shm = Path("/dev/shm") / region
         shm.write_bytes(b"\0" * 16)
         self.procs.append(subprocess.Popen([str(self.tmp / "triton_python_backend_stub"),
-                                            str(self.tmp / self.model / "1" / "model.py"), f"/{region}", "1", "1",
-                                            str(os.getpid()), "lib", "1", f"{self.model}_0_0", "dir"]))
+                                            str(self.tmp / model / "1" / "model.py"), f"/{region}", "1", "1",
+                                            str(os.getpid()), "lib", "1", f"{model}_0_0", "dir"]))
         return shm
 
     def close(self):
@@ -211,12 +215,32 @@ def test_supervisor_reloads_the_model_of_a_dead_stub_and_removes_its_shm(fake_tr
     assert sup.check() == [] and len(fake_triton.calls) == 3
 
 
+def test_a_stub_that_dies_during_another_reload_is_found_at_the_next_check(fake_triton):
+    fake_triton.start_stub("wan_fake")
+    other = fake_triton.start_stub("wan_other")
+    wait_for(lambda: {"wan_fake_0_0", "wan_other_0_0"} <= set(list_stubs(os.getpid())))
+    sup = StubSupervisor(os.getpid(), fake_triton.url, log=lambda m: None)
+    sup.check()
+    victim = fake_triton.procs[1]
+
+    def kill_other():  # wan_other's stub dies while wan_fake is being loaded again
+        victim.kill()
+        wait_for(lambda: "wan_other_0_0" not in list_stubs(os.getpid()))
+
+    fake_triton.on_load = kill_other
+    os.kill(fake_triton.procs[0].pid, signal.SIGKILL)
+    wait_for(lambda: "wan_fake_0_0" not in list_stubs(os.getpid()))
+    assert sup.check() == ["wan_fake"]
+    fake_triton.on_load = None
+    assert sup.check() == ["wan_other"] and sup.recoveries == 2 and not other.exists()
+
+
 def test_supervisor_leaves_a_model_an_operator_unloaded(fake_triton):
     fake_triton.start_stub()
     wait_for(lambda: "wan_fake_0_0" in list_stubs(os.getpid()))
     sup = StubSupervisor(os.getpid(), fake_triton.url, log=lambda m: None)
     sup.check()
-    fake_triton.ready.clear()  # unloaded on purpose: the index no longer says READY
+    fake_triton.ready.discard("wan_fake")  # unloaded on purpose: the index no longer says READY
     fake_triton.procs[0].terminate()
     wait_for(lambda: "wan_fake_0_0" not in list_stubs(os.getpid()))
     assert sup.check() == ["wan_fake"]
