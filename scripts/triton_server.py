@@ -372,11 +372,15 @@ def apply_profile(a: argparse.Namespace, env: dict[str, str]) -> None:
         env.setdefault(key, value)
 
 
-def exec_tritonserver(command: str, model_repository: str, extra: list[str], env: Mapping[str, str]) -> None:
+def exec_tritonserver(command: str, model_repository: str, extra: list[str], env: Mapping[str, str],
+                      supervise: bool = False) -> None:
     """Replace this process by ``command --model-repository=... extra`` (signals then reach it directly).
-    ``command`` is a command line: ``tritonserver``, or e.g. ``python3 -m wan_distill.serving.supervisor -- tritonserver``."""
+    ``command`` is a command line: ``tritonserver``, or e.g. ``python3 -m wan_distill.serving.supervisor -- tritonserver``;
+    ``supervise`` puts the stub supervisor in front of it (``python -m wan_distill.serving.supervisor -- command ...``)."""
     remove_stray_pycache(Path(model_repository))
     argv = [*shlex.split(command), f"--model-repository={model_repository}", *extra]
+    if supervise:
+        argv = [sys.executable, "-m", "wan_distill.serving.supervisor", "--", *argv]
     print(f"[triton_server] exec {' '.join(argv)}", file=sys.stderr, flush=True)
     os.execvpe(argv[0], argv, {**os.environ, **env})
 
@@ -418,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[triton_server] {e}", file=sys.stderr)
         return 2
     if a.exec_binary:
-        exec_tritonserver(a.exec_binary, a.model_repository, a.extra, env)
+        exec_tritonserver(a.exec_binary, a.model_repository, a.extra, env, a.supervise)
     srv = TritonServer(a.model_repository, a.grpc_port, a.http_port, a.metrics_port, a.log_path,
                        a.extra, a.ready_timeout, env=env, exit_timeout_s=a.exit_timeout, supervise=a.supervise)
     if a.log_path is None:

@@ -134,10 +134,12 @@ class FakeTriton:
     """Python processes whose argv looks like a python stub's, and the three model-control calls the supervisor
     makes (index / unload / load; load starts a new stub)."""
 
-    def __init__(self, tmp: Path, model: str = "wan_fake"):
-        self.tmp, self.model, self.calls, self.procs, self.ready = tmp, model, [], [], {model}
-        (tmp / model / "1").mkdir(parents=True)
-        (tmp / model / "1" / "model.py").write_text("import time\ntime.sleep(120)\n")
+    def __init__(self, tmp: Path, models: tuple[str, ...] = ("wan_fake", "wan_other")):
+        self.tmp, self.calls, self.procs, self.ready = tmp, [], [], set(models)
+        self.on_load = None  # called while a load request is being answered
+        for model in models:
+            (tmp / model / "1").mkdir(parents=True)
+            (tmp / model / "1" / "model.py").write_text("import time\ntime.sleep(120)\n")
         (tmp / "triton_python_backend_stub").symlink_to(sys.executable)
         fake = self
 
@@ -149,7 +151,9 @@ class FakeTriton:
                 if self.path.endswith("/index"):
                     body = json.dumps([{"name": m, "state": "READY"} for m in fake.ready]).encode()
                 elif self.path.endswith("/load"):
-                    fake.start_stub()
+                    fake.start_stub(self.path.split("/")[-2])
+                    if fake.on_load:
+                        fake.on_load()
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(body)
@@ -161,13 +165,13 @@ class FakeTriton:
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
         self.url = f"127.0.0.1:{self.http.server_address[1]}"
 
-    def start_stub(self) -> Path:
+    def start_stub(self, model: str = "wan_fake") -> Path:
         region = f"triton_python_backend_shm_region_test_{uuid.uuid4().hex}"
         shm = Path("/dev/shm") / region
         shm.write_bytes(b"\0" * 16)
         self.procs.append(subprocess.Popen([str(self.tmp / "triton_python_backend_stub"),
-                                            str(self.tmp / self.model / "1" / "model.py"), f"/{region}", "1", "1",
-                                            str(os.getpid()), "lib", "1", f"{self.model}_0_0", "dir"]))
+                                            str(self.tmp / model / "1" / "model.py"), f"/{region}", "1", "1",
+                                            str(os.getpid()), "lib", "1", f"{model}_0_0", "dir"]))
         return shm
 
     def close(self):
@@ -211,14 +215,78 @@ def test_supervisor_reloads_the_model_of_a_dead_stub_and_removes_its_shm(fake_tr
     assert sup.check() == [] and len(fake_triton.calls) == 3
 
 
+def test_a_stub_that_dies_during_another_reload_is_found_at_the_next_check(fake_triton):
+    fake_triton.start_stub("wan_fake")
+    other = fake_triton.start_stub("wan_other")
+    wait_for(lambda: {"wan_fake_0_0", "wan_other_0_0"} <= set(list_stubs(os.getpid())))
+    sup = StubSupervisor(os.getpid(), fake_triton.url, log=lambda m: None)
+    sup.check()
+    victim = fake_triton.procs[1]
+
+    def kill_other():  # wan_other's stub dies while wan_fake is being loaded again
+        victim.kill()
+        wait_for(lambda: "wan_other_0_0" not in list_stubs(os.getpid()))
+
+    fake_triton.on_load = kill_other
+    os.kill(fake_triton.procs[0].pid, signal.SIGKILL)
+    wait_for(lambda: "wan_fake_0_0" not in list_stubs(os.getpid()))
+    assert sup.check() == ["wan_fake"]
+    fake_triton.on_load = None
+    assert sup.check() == ["wan_other"] and sup.recoveries == 2 and not other.exists()
+
+
 def test_supervisor_leaves_a_model_an_operator_unloaded(fake_triton):
     fake_triton.start_stub()
     wait_for(lambda: "wan_fake_0_0" in list_stubs(os.getpid()))
     sup = StubSupervisor(os.getpid(), fake_triton.url, log=lambda m: None)
     sup.check()
-    fake_triton.ready.clear()  # unloaded on purpose: the index no longer says READY
+    fake_triton.ready.discard("wan_fake")  # unloaded on purpose: the index no longer says READY
     fake_triton.procs[0].terminate()
     wait_for(lambda: "wan_fake_0_0" not in list_stubs(os.getpid()))
     assert sup.check() == ["wan_fake"]
     assert [p for p, _ in fake_triton.calls] == ["/v2/repository/index"] and sup.recoveries == 0
     assert sup.known == {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The wrapper's exit code: a stop it was asked for is 0 (tritonserver exits 1 on SIGTERM), a crash is not
+# ---------------------------------------------------------------------------------------------------------------
+FAKE_SERVER = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))  # as tritonserver: 1 after a clean SIGTERM stop\n"
+               "time.sleep(float(sys.argv[1]))\n"
+               "sys.exit(3)\n")
+
+
+def wrapper(seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "wan_distill.serving.supervisor", "--ready-timeout", "30", "--",
+                             sys.executable, "-c", FAKE_SERVER, str(seconds), "--http-port=1"],
+                            stderr=subprocess.DEVNULL)
+
+
+def test_wrapper_reports_a_requested_stop_as_clean_and_a_crash_as_is():
+    import time
+    proc = wrapper(60)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert wrapper(0.2).wait(20) == 3
+
+
+def test_launcher_exec_with_supervise_runs_tritonserver_under_the_supervisor(tmp_path):
+    """The container path (docker/Dockerfile's wan-serve): triton_server.py --exec BINARY --supervise."""
+    import time
+    fake = tmp_path / "tritonserver"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(sys.argv))\n"
+                    + FAKE_SERVER.replace("float(sys.argv[1])", "60"))
+    fake.chmod(0o755)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "scripts" / "triton_server.py"), "--exec", str(fake),
+                             "--supervise", "--model-repository", str(tmp_path), "--", "--http-port=1"],
+                            stderr=subprocess.DEVNULL)
+    wait_for(lambda: (tmp_path / "argv.json").exists(), 30)
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert "--model-control-mode=explicit" in argv and any(a.startswith("--grpc-restricted-protocol=") for a in argv)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
