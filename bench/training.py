@@ -153,7 +153,8 @@ def report(a, log, rows, times, served_note, n, use) -> str:
         lines.append(f"| {stage} | {steps[key]} | {trained.get(key, float('nan')):.0f} |")
     lines += [f"| latents + text | {r['num_latent_clips']} clips | {sec['encode']:.0f} |",
               f"| classifier | {r['classifier']['steps']} | {sec['classifier']:.0f} |",
-              f"| whole recipe (this run) | | {sec['total']:.0f} |", "", SIMPLIFICATIONS]
+              f"| whole recipe (this run{'; stages reused from work/ ran earlier' if sec['vae'] < 60 else ''}) | | "
+              f"{sec['total']:.0f} |", "", SIMPLIFICATIONS]
     return "\n".join(lines)
 
 

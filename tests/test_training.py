@@ -174,18 +174,27 @@ def test_served_trained_demo_is_the_in_process_student(served_toy_frames):
         np.testing.assert_array_equal(frames, pipe.text_to_video(prompt, seed=42).frames)
 
 
-@pytest.mark.server
-@pytest.mark.xfail(reason="the toy models follow the colour of a prompt (~78 %) but its motion and shape barely "
-                          "(bench/results/training.md): a fixed prompt is not yet reliably classified right",
-                   strict=False)
-def test_served_trained_demo_follows_its_prompt(served_toy_frames):
+def _classified(root, frames) -> tuple[str, str, str]:
     from wan_training.classifier import predict
     from wan_training.evaluate import load_classifier
 
+    labels, _ = predict(load_classifier(root.parent / "attribute_classifier.safetensors"),
+                        data.from_uint8_frames(frames)[None])
+    return list(data.COLOURS)[labels[0, 0]], data.SHAPES[labels[0, 1]], list(data.MOTIONS)[labels[0, 2]]
+
+
+@pytest.mark.server
+def test_served_trained_demo_has_the_prompts_colour_and_motion(served_toy_frames):
     root, served = served_toy_frames
-    classifier = load_classifier(root.parent / "attribute_classifier.safetensors")
     for prompt, frames in served.items():
-        labels, _ = predict(classifier, data.from_uint8_frames(frames)[None])
-        colour, shape, motion = (list(data.COLOURS)[labels[0, 0]], data.SHAPES[labels[0, 1]],
-                                 list(data.MOTIONS)[labels[0, 2]])
-        assert data.caption(colour, shape, motion) == prompt
+        colour, _, motion = _classified(root, frames)
+        assert (colour, motion) == tuple(prompt.split()[i] for i in (1, -1)), prompt
+
+
+@pytest.mark.server
+@pytest.mark.xfail(reason="shape is lost in the toy VAE (bench/results/training.md: through the VAE alone the "
+                          "classifier reads the shape of under half of real clips)", strict=False)
+def test_served_trained_demo_has_the_prompts_shape(served_toy_frames):
+    root, served = served_toy_frames
+    for prompt, frames in served.items():
+        assert _classified(root, frames)[1] == prompt.split()[2], prompt
