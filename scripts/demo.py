@@ -126,17 +126,20 @@ def main() -> int:
             else:
                 jobs = [("t2v", "", lambda: client.t2v("a red fox running through fresh snow, cinematic", seed=args.seed))]
             jobs.append(("i2v", "", lambda: client.i2v(image, "waves roll onto the beach at sunset", seed=args.seed)))
+            strips = []
             for i, (name, prompt, run) in enumerate(jobs):
                 result = run()
                 paths = [args.out / f"{name}.mp4"] + ([args.out / "t2v.mp4"] if trained and i == 0 else [])
                 for path in paths:
                     atomic_write(path, lambda f: f.write(result.mp4))
-                if trained and i == 0:
-                    strip = args.out / "t2v_strip.png"
-                    Image.fromarray(frame_strip(result.frames, every=1)).save(strip)
-                    print(f"demo: frame strip of {prompt!r} -> {strip}", flush=True)
+                if prompt:
+                    strips.append(frame_strip(result.frames, every=1))
                 print(f"demo: {name}: {len(result.mp4)} bytes -> {paths[0]} ({result.elapsed_s:.2f} s end to end)",
                       flush=True)
+    if strips:
+        strip = args.out / "t2v_strip.png"
+        Image.fromarray(np.concatenate(strips, axis=0)).save(strip)
+        print(f"demo: frame strips (one row per prompt: {'; '.join(TOY_PROMPTS)}) -> {strip}", flush=True)
     if trained:
         print(f"demo: done. T2V served the trained toy model {args.t2v_root} (4-step DMD student, 9 frames of "
               "32x32 shapes); I2V served random tiny weights, so outputs/i2v.mp4 is noise.")

@@ -101,6 +101,33 @@ def score(classifier: AttributeClassifier, frames: Sequence[np.ndarray], prompts
     pred, feats = predict(classifier, videos)
     labels = torch.tensor([p.labels for p in prompts])
     hit = pred == labels
-    return {"accuracy": hit.all(1).float().mean().item(), "colour": hit[:, 0].float().mean().item(),
+    return {"accuracy": hit.all(1).float().mean().item(),
+            "colour_motion": (hit[:, 0] & hit[:, 2]).float().mean().item(), "colour": hit[:, 0].float().mean().item(),
             "shape": hit[:, 1].float().mean().item(), "motion": hit[:, 2].float().mean().item(),
             "frechet": frechet_distance(feats, real)}
+
+
+@torch.no_grad()
+def caption_use(dit: WanDiT, gen: "Generator", count: int = 120, sigmas=(0.3, 0.6, 0.9), seed: int = 0
+                ) -> dict[float, dict[str, float]]:
+    """Flow-matching loss of ``dit`` on encoded real clips with their own caption, another clip's caption and the
+    null caption, per noise level: a model that uses its text has right < wrong and right < null."""
+    videos, clips = make_batch(3000, 0, count)
+    x0 = torch.cat([gen.vae.encode(v[None]) for v in videos])
+    texts = [c.caption for c in clips]
+    embs = dict(zip(sorted(set(texts)) + [""], gen.text_encoder.encode(sorted(set(texts)) + [""])))
+
+    def context(names):
+        longest = max(embs[n].shape[0] for n in names)
+        return torch.stack([torch.nn.functional.pad(embs[n], (0, 0, 0, longest - embs[n].shape[0])) for n in names])
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for s in sigmas:
+        noise = torch.randn(x0.shape, generator=g)
+        x_t = (1 - s) * x0 + s * noise
+        t = torch.full((count,), 1000.0 * s)
+        loss = {name: torch.nn.functional.mse_loss(dit(x_t, t, context(caps)), noise - x0).item()
+                for name, caps in (("right", texts), ("wrong", texts[1:] + texts[:1]), ("null", [""] * count))}
+        out[s] = loss
+    return out

@@ -22,7 +22,7 @@ from .common import EMA, NULL_CAPTION, CaptionBank, ToySpec, flow, new_dit, nois
 
 @dataclass(frozen=True)
 class TeacherTrainConfig:
-    steps: int = 5000
+    steps: int = 10000
     batch: int = 32
     lr: float = 6e-4
     warmup: int = 150
