@@ -13,9 +13,15 @@ ORDER = [  # (file, one-command rerun)
     ("inprocess_stages.md", ".venv/bin/python bench/inprocess_stages.py --write"),
     ("step_batching.md", ".venv/bin/python bench/step_batching.py --geometry small --write"),
     ("stream_cancel.md", ".venv/bin/python bench/stream_cancel.py --write"),
+    ("reliability.md", ".venv/bin/python bench/reliability.py --write"),
+    ("decode_encode.md", ".venv/bin/python bench/decode_encode.py --write"),
+    ("x264_settings.md", ".venv/bin/python bench/x264_settings.py --write"),
     ("gpu_check_h100.md", "PYTHONPATH=python_backend python3 bench/gpu_check.py on a GPU host (see the block)"),
     ("gpu_check.md", "the same, on an H200"),
     ("gpu_compile_h100.md", "PYTHONPATH=python_backend python3 bench/gpu_compile.py on a GPU host"),
+    ("gpu_speed.md", "PYTHONPATH=python_backend python3 bench/gpu_speed.py --out bench/results/gpu_speed.md on a GPU "
+                     "host (two runs: --sections sdpa,rope,dit14,fp8 / vae,overlap,tae,e2e)"),
+    ("gpu_serve.md", "bench/gpu_serve.py on a GPU host (two device calls: see its docstring)"),
 ]
 
 HEADER = """# Benchmark results

@@ -18,6 +18,7 @@ import time
 from urllib.parse import urlparse
 
 import pytest
+from wan_distill.serving import repository as spec
 
 from conftest import ROOT, make_png
 
@@ -29,9 +30,9 @@ from ui_demo import UI_VENV, WanUi, chromium_path, launch_chromium  # noqa: E402
 pytestmark = pytest.mark.server
 CLIENT = ROOT / "client" / "wan_client"
 
-MODELS = ["wan_t2v_stream", "wan_t2v_baseline_stream", "wan_t2v_request", "wan_t2v_baseline_request",
-          "wan_text_encoder", "wan_t2v_dit", "wan_t2v_dit_baseline", "wan_vae_decoder", "wan_video_encoder",
-          "wan_i2v_stream", "wan_i2v_request", "wan_image_encoder", "wan_i2v_dit"]
+# the UI's streamed pipelines and every model their steps call (from the repository spec, so a new step is loaded too)
+MODELS = sorted({m for p in map(spec.pipeline, ("wan_t2v", "wan_t2v_baseline", "wan_i2v"))
+                 for m in (p.stream, *(s.model for s in spec.ensemble_steps(p)))})
 BASELINE_DIT = "wan_t2v_dit_baseline"
 RECORD_PROGRESS = """() => {
   window.__wanProgress = [];
