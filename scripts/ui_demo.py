@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from demo import demo_env  # noqa: E402
+from demo import TOY_ROOT, demo_env, has_toy_root, toy_env  # noqa: E402
 from triton_server import TritonServer, _die_with_parent, free_port  # noqa: E402
 
 UI_VENV = ROOT / ".venv-ui"
@@ -153,7 +153,9 @@ def main() -> int:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill stops the UI and the server too
 
-    env = demo_env(args.checkpoints / "Wan2.1-T2V-tiny", args.checkpoints / "Wan2.1-I2V-tiny")
+    trained = has_toy_root()  # T2V: the trained toy model as in `make demo`; I2V: random tiny weights
+    i2v = args.checkpoints / "Wan2.1-I2V-tiny"
+    env = toy_env(TOY_ROOT, i2v) if trained else demo_env(args.checkpoints / "Wan2.1-T2V-tiny", i2v)
     log_dir = ROOT / "outputs" / "ui"
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"ui_demo: starting tritonserver with the demo models (log: {log_dir / 'tritonserver.log'}) ...", flush=True)
@@ -162,10 +164,11 @@ def main() -> int:
         print(f"ui_demo: tritonserver ready, gRPC at {server.grpc_url}", flush=True)
         with WanUi(server.grpc_url, port=args.port, log_path=log_dir / "wan-ui.log") as ui:
             if args.screenshot is not None:
-                screenshot(ui.url, args.screenshot)
+                screenshot(ui.url, args.screenshot, *(["a red circle moving left"] if trained else []))
                 return 0
-            print(f"ui_demo: open {ui.url}  (the demo weights are random: videos are noise). Ctrl-C stops.",
-                  flush=True)
+            what = ("T2V: the trained toy model (try 'a red circle moving left'); I2V: random weights, noise"
+                    if trained else "the demo weights are random: videos are noise")
+            print(f"ui_demo: open {ui.url}  ({what}). Ctrl-C stops.", flush=True)
             try:
                 ui.proc.wait()
             except KeyboardInterrupt:
