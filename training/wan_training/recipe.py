@@ -85,7 +85,7 @@ def run(recipe: Recipe, out: Path, log=print, reuse: bool = False, reuse_student
     times: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    work = out / "work"       # stage results, so --reuse can rerun later stages alone (not committed)
+    work = out / "stages"     # stage results, so --reuse can rerun later stages alone (not committed)
     work.mkdir(exist_ok=True)
 
     t = time.perf_counter()
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="a few steps per stage")
     parser.add_argument("--reuse", action="store_true",
-                        help="load stages already trained in <out>/work/ (vae, teacher, student) instead of training")
+                        help="load stages already trained in <out>/stages/ (vae, teacher, student) instead of training")
     parser.add_argument("--redistill", action="store_true", help="with --reuse: train the student again")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("WAN_NUM_THREADS", "1")))
     args = parser.parse_args(argv)
