@@ -126,7 +126,7 @@ def section_sdpa(a, g, device, res):
     q, k, v = (torch.randn(1, heads, L, hd, generator=gen, device=device, dtype=a.dtype) for _ in range(3))
     backends = [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
                 ("efficient", SDPBackend.EFFICIENT_ATTENTION)] + ([("math", SDPBackend.MATH)] if a.tiny else [])
-    rows, ref = [], None
+    rows = []
     with torch.inference_mode():
         default_s, _, default_out = timed(lambda: F.scaled_dot_product_attention(q, k, v), device, a.reps)
         rows.append({"backend": "default dispatch", "s": default_s, "rel_l2": 0.0})

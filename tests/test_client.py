@@ -27,8 +27,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from wan_client import (AsyncWanClient, DenoiseProgress, GenerationRequest, InvalidRequestError, RequestAccepted,
-                        RequestCancelledError, RequestTimeoutError, ServerError, ServerUnavailableError, StageFinished,
-                        StageStarted, VideoReady, WanClient)
+                        RequestCancelledError, RequestTimeoutError, ServerError, ServerUnavailableError, StageStarted, WanClient)
 from wan_client.errors import from_triton
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from demo import demo_env, repository_copy  # noqa: E402
 from triton_server import TritonServer  # noqa: E402
 
-from wan_client import (DenoiseProgress, InvalidRequestError, RequestAccepted, RequestCancelledError,  # noqa: E402
-                        StageFinished, StageStarted, VideoReady, WanClient, WanClientError)
+from wan_client import (DenoiseProgress, InvalidRequestError, RequestCancelledError,  # noqa: E402
+                        StageFinished, VideoReady, WanClient, WanClientError)
 
 pytestmark = pytest.mark.server
 SMALL = dict(height=32, width=48, num_frames=5)

@@ -34,7 +34,7 @@ from tritonclient.utils import InferenceServerException
 
 from .errors import (InvalidRequestError, RequestCancelledError, ServerError, ServerUnavailableError, WanClientError,
                      from_triton)
-from .events import StreamEvent, VideoReady, VideoResult, event_from_wire
+from .events import StreamEvent, VideoResult, event_from_wire
 
 T = TypeVar("T")
 

@@ -120,7 +120,6 @@ class TinyVAEDecoder(nn.Module):
         """x [B, n, C, h, w] (n consecutive latent frames) -> [B, n * time_upscale, 3, 8h, 8w], raw decoder output."""
         b = x.shape[0]
         for i, layer in enumerate(self.decoder):
-            n = x.shape[1]
             if isinstance(layer, MemBlock):
                 prev = memory.get(i)
                 if prev is None:
