@@ -11,7 +11,7 @@ ORDER = [  # (file, one-command rerun)
     ("load_test_threads1.md", ".venv/bin/python bench/load_test.py --threads 1 --write"),
     ("memory.md", ".venv/bin/python bench/memory.py --write"),
     ("inprocess_stages.md", ".venv/bin/python bench/inprocess_stages.py --write"),
-    ("step_batching.md", ".venv/bin/python bench/step_batching.py --geometry small --write"),
+    ("step_batching.md", ".venv/bin/python bench/step_batching.py --requests 4 --rounds 3 --reps 3 --write"),
     ("stream_cancel.md", ".venv/bin/python bench/stream_cancel.py --write"),
     ("reliability.md", ".venv/bin/python bench/reliability.py --write"),
     ("decode_encode.md", ".venv/bin/python bench/decode_encode.py --write"),

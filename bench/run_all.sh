@@ -12,6 +12,6 @@ run bench/diffusers_side_by_side.py --reps 5 --write
 run bench/load_test.py --write
 run bench/load_test.py --threads 1 --write
 run bench/memory.py --write
-run bench/step_batching.py --geometry small --write
+run bench/step_batching.py --requests 4 --rounds 3 --reps 3 --write
 run bench/stream_cancel.py --write
 "$PY" bench/collect_results.py
