@@ -2,6 +2,9 @@
 plain decode path; x264 fed exactly the whole tensor's frames, and the MP4 decodes like the whole tensor's)."""
 from __future__ import annotations
 
+import io
+
+import av
 import numpy as np
 import pytest
 import torch
@@ -71,6 +74,16 @@ class RecordingWriter:
         pass
 
 
+def same_encode(mp4: bytes, reference_mp4: bytes, frames: np.ndarray) -> bool:
+    """Two H.264 encodes of ``frames`` agree: same frame count and size, and the same quality (mean abs error against
+    the source within 1 level). Not bytes: libx264 (this PyAV build) gives different bytes run to run in a loaded
+    test process, with its own thread count and (seen once) with one thread too (~1 % size jitter); what reaches
+    x264 is checked exactly with RecordingWriter."""
+    x, y = decode_mp4(mp4), decode_mp4(reference_mp4)
+    err = lambda a: float(np.abs(a.astype(np.int16) - frames.astype(np.int16)).mean())  # noqa: E731
+    return x.shape == y.shape == frames.shape and abs(err(x) - err(y)) < 1.0
+
+
 @pytest.mark.parametrize("kind", ["vae", "tae"])
 def test_overlapped_decode_frames_are_bit_identical_and_mp4_equals_whole_tensor_encode(kind, vae, tae, monkeypatch):
     decoder = vae if kind == "vae" else tae
@@ -78,11 +91,9 @@ def test_overlapped_decode_frames_are_bit_identical_and_mp4_equals_whole_tensor_
     expect = reference_uint8(decoder, z)
     assert expect.shape == (9, 32, 48, 3) and len(np.unique(expect)) > 50   # a real picture, not a constant
     assert np.array_equal(decoder.decode_to_uint8(z).numpy(), expect)
-    one = X264Settings(threads=1)  # one x264 thread: the same bytes whatever the machine's load (threads: see same_video)
-    out = decode_to_mp4(decoder.decode_uint8_chunks(z), decoder.num_frames(z.shape[1]), fps=16, keep_frames=True,
-                        settings=one)
+    out = decode_to_mp4(decoder.decode_uint8_chunks(z), decoder.num_frames(z.shape[1]), fps=16, keep_frames=True)
     assert np.array_equal(out.frames, expect)
-    assert decode_mp4(out.mp4).shape == expect.shape and out.mp4 == encode_mp4(expect, 16, settings=one)
+    assert same_encode(out.mp4, encode_mp4(expect, 16), expect)
     assert out.encode_seconds > 0 and out.total_seconds >= out.decode_seconds
     # what reaches x264: exactly the whole tensor's frames, in order, chunk by chunk (1 frame, then 4 per latent)
     from wan_distill import video
@@ -99,9 +110,9 @@ def test_overlapped_decode_frames_are_bit_identical_and_mp4_equals_whole_tensor_
 def test_decode_to_mp4_without_frames_and_other_fps():
     frames = moving_frames()
     chunks = [(0, frames[:1]), (1, frames[1:5]), (5, frames[5:])]
-    one = X264Settings(threads=1)  # one x264 thread: the same bytes whatever the machine's load (threads: see same_video)
-    out = decode_to_mp4(iter(chunks), 9, fps=8, settings=one)
-    assert out.frames is None and out.mp4 == encode_mp4(frames, 8, settings=one)
+    out = decode_to_mp4(iter(chunks), 9, fps=8)
+    assert out.frames is None and same_encode(out.mp4, encode_mp4(frames, 8), frames)
+    assert av.open(io.BytesIO(out.mp4)).streams.video[0].average_rate == 8
     assert out.mp4 != encode_mp4(frames, 16)  # the frame rate is in the file
 
 
