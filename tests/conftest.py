@@ -30,3 +30,12 @@ def make_png(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
 @pytest.fixture
 def png_bytes() -> bytes:
     return make_png()
+
+
+@pytest.fixture(scope="module")
+def grpc(server):
+    """A raw tritonclient gRPC client to the module's ``server`` fixture (a real tritonserver)."""
+    import tritonclient.grpc as grpcclient
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()

@@ -54,13 +54,6 @@ def server(tiny_models, tmp_path_factory):
         yield srv
 
 
-@pytest.fixture(scope="module")
-def grpc(server):
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    yield client
-    client.close()
-
-
 def tensors(**values) -> list[grpcclient.InferInput]:
     """gRPC inputs from numpy arrays / Python scalars (bytes -> BYTES [1], int -> INT64 [1])."""
     items = []

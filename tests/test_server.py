@@ -57,13 +57,6 @@ def server(tiny_models, tmp_path_factory, baseline_config):
         yield srv
 
 
-@pytest.fixture(scope="module")
-def grpc(server):
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    yield client
-    client.close()
-
-
 def inputs(prompt=b"a red fox", seed=1, image=None, **ints):
     items = []
 
