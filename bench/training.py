@@ -143,11 +143,11 @@ def report(a, log, rows, times, served_note, n, use) -> str:
               f"{t['total'] * 1e3:.0f} ms per video (DiT {t['dit'] * 1e3:.0f} ms), student 4-step "
               f"{s['total'] * 1e3:.0f} ms (DiT {s['dit'] * 1e3:.0f} ms): **{t['total'] / s['total']:.1f}x** end to end, "
               f"{t['dit'] / s['dit']:.1f}x on the DiT.", "",
-              "Training wall time on this machine (shared 2-core VM, nice 15, 1 torch thread; "
-              "`nice -n 15 .venv/bin/python -m wan_training.recipe --out training/models`):", "",
+              f"Training wall time on this machine (shared 2-core VM, {log['torch_threads']} torch thread(s); "
+              "`make train`, i.e. `nice -n 15 .venv/bin/python -m wan_training.recipe --out training/models`):", "",
               "| stage | steps | seconds |", "|---|---|---|"]
     trained = log.get("training_seconds", {})
-    steps = {"vae": r["vae"]["steps"], "teacher": r["teacher"]["steps"], "student": r["distill"]["steps"]}
+    steps = {"vae": sum(n for n, _ in r["vae"]["curriculum"]), "teacher": r["teacher"]["steps"], "student": r["distill"]["steps"]}
     for stage, key in (("VAE", "vae"), ("teacher", "teacher"), ("DMD student", "student")):
         lines.append(f"| {stage} | {steps[key]} | {trained.get(key, float('nan')):.0f} |")
     lines += [f"| latents + text | {r['num_latent_clips']} clips | {sec['encode']:.0f} |",
@@ -165,8 +165,10 @@ SIMPLIFICATIONS = """Simplified against the papers (DMD, DMD2, Self-Forcing) and
 - text encoder: the project's tiny UMT5, frozen with its random weights (the 60 captions separate: nearest pair of
   padded embeddings 13.8 apart, mean norm 23.5);
 - VAE: a deterministic autoencoder (Wan's `encode` returns the mean; no KL, no GAN / perceptual loss), with a
-  foreground-weighted loss, an auxiliary latent target and a single-frame-then-clip curriculum; latent statistics
-  folded into conv1 / conv2 so Wan's fixed normalisation gives unit-variance latents;
+  foreground-weighted loss, an auxiliary latent target and a curriculum of single frames, 5-frame and 9-frame
+  clips; latent statistics folded into conv1 / conv2 so Wan's fixed normalisation gives unit-variance latents;
+- data: shapes of radius 22-27 % of the frame (7-8.6 px), so that 4x4 latents keep them (at 15-20 % the toy VAE
+  kept the shape of 44 % of clips);
 - teacher: plain flow matching, u ~ U(0, 1) through shift 5, caption dropout 10 % to the empty caption (the CFG
   negative prompt of configs/toy), EMA weights;
 - DMD: no GAN term (DMD2's) and no regression loss (DMD's; DMD2 drops it too); no ODE-pair initialisation

@@ -2,7 +2,7 @@
 pooled features serve the Fréchet distance.
 
     AttributeClassifier: [B, 3, F, H, W] in [-1, 1] -> logits (colour [B, 4], shape [B, 3], motion [B, 5]);
-    ``features`` -> [B, 64].
+    ``features`` -> [B, 128] (mean and max over space-time of the last conv's 64 channels).
 """
 from __future__ import annotations
 
@@ -17,18 +17,24 @@ from .data import COLOURS, MOTIONS, SHAPES, make_batch
 
 
 class AttributeClassifier(nn.Module):
-    def __init__(self, width: int = 16, feature_dim: int = 64):
+    """Four 3-D convs (a per-frame one, then two strided, then one at 1/4 resolution) and three linear heads on the
+    mean and the max over space-time. The max matters: a shape covers a tenth of a frame, and the mean alone
+    (the first version, 3 convs of width 16) read shape on only 71 % of real clips after 2000 steps."""
+
+    def __init__(self, width: int = 32, channels: int = 64):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv3d(3, width, 3, stride=(1, 2, 2), padding=1), nn.GELU(),
+            nn.Conv3d(3, width, (1, 3, 3), padding=(0, 1, 1)), nn.GELU(),
+            nn.Conv3d(width, width, 3, stride=(1, 2, 2), padding=1), nn.GELU(),
             nn.Conv3d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv3d(2 * width, feature_dim, 3, stride=2, padding=1), nn.GELU())
-        self.heads = nn.ModuleList([nn.Linear(feature_dim, len(COLOURS)), nn.Linear(feature_dim, len(SHAPES)),
-                                    nn.Linear(feature_dim, len(MOTIONS))])
+            nn.Conv3d(2 * width, channels, 3, padding=1), nn.GELU())
+        self.heads = nn.ModuleList([nn.Linear(2 * channels, len(COLOURS)), nn.Linear(2 * channels, len(SHAPES)),
+                                    nn.Linear(2 * channels, len(MOTIONS))])
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        """[B, 3, F, H, W] -> [B, feature_dim] (mean over the remaining space-time grid)."""
-        return self.body(video).mean(dim=(2, 3, 4))
+        """[B, 3, F, H, W] -> [B, 2 channels]: mean and max of the last conv over the space-time grid."""
+        x = self.body(video)
+        return torch.cat([x.mean(dim=(2, 3, 4)), x.amax(dim=(2, 3, 4))], dim=1)
 
     def forward(self, video: torch.Tensor) -> list[torch.Tensor]:
         f = self.features(video)
@@ -37,7 +43,7 @@ class AttributeClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class ClassifierTrainConfig:
-    steps: int = 500
+    steps: int = 1500
     batch: int = 24
     lr: float = 2e-3
     seed: int = 0
@@ -65,7 +71,7 @@ def train_classifier(cfg: ClassifierTrainConfig, log=print) -> AttributeClassifi
 
 @torch.no_grad()
 def predict(model: AttributeClassifier, videos: torch.Tensor, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """videos [N, 3, F, H, W] -> (predicted labels [N, 3], features [N, 64])."""
+    """videos [N, 3, F, H, W] -> (predicted labels [N, 3], features [N, 128])."""
     labels, feats = [], []
     for chunk in videos.split(batch):
         f = model.features(chunk)

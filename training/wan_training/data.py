@@ -57,7 +57,7 @@ def _coverage(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, 
         d = np.maximum(np.abs(dx), np.abs(dy)) - 0.85 * r
     else:  # upward equilateral triangle: intersection of three half-planes
         k = np.sqrt(3.0)
-        d = np.maximum.reduce([dy - 0.5 * r, (-k * dx - dy) / 2 - 0.5 * r, (k * dx - dy) / 2 - 0.5 * r]) * 1.2
+        d = np.maximum.reduce([dy - 0.6 * r, (-k * dx - dy) / 2 - 0.6 * r, (k * dx - dy) / 2 - 0.6 * r]) * 1.2
     return np.clip(0.5 - d, 0.0, 1.0)
 
 
@@ -67,10 +67,10 @@ def make_clip(seed: int, index: int, num_frames: int = NUM_FRAMES, height: int =
     colour, shape, motion = combo or COMBOS[index % len(COMBOS)]
     rng = np.random.default_rng([seed, index])
     bg = rng.uniform(15, 70) * np.ones(3) + rng.uniform(-8, 8, 3)
-    r = rng.uniform(0.15, 0.20) * min(height, width)
-    dx, dy = MOTIONS[motion]
-    travel = rng.uniform(0.30, 0.40) * min(height, width)          # pixels over the clip
-    margin = r + 2
+    r = rng.uniform(0.22, 0.27) * min(height, width)               # 7-8.6 px at 32x32 (0.15-0.20 lost the shape
+    dx, dy = MOTIONS[motion]                                       # in the 8x-downsampling VAE: 44 % readable)
+    travel = rng.uniform(0.22, 0.28) * min(height, width)          # pixels over the clip
+    margin = 1.2 * r + 1                                           # the triangle's apex is 1.2 r out
     lo_x, hi_x = margin + max(0, -dx) * travel, width - margin - max(0, dx) * travel
     lo_y, hi_y = margin + max(0, -dy) * travel, height - margin - max(0, dy) * travel
     x0, y0 = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)

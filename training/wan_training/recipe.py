@@ -45,7 +45,7 @@ class Recipe:
 
     def smoke(self) -> "Recipe":
         """Every stage for a few steps: the same code path, seconds instead of minutes."""
-        return replace(self, vae=replace(self.vae, steps=3, image_steps=1, image_batch=2, batch=2), num_latent_clips=8,
+        return replace(self, vae=replace(self.vae, curriculum=((1, 1), (1, 5), (1, 9)), image_batch=2, batch=2), num_latent_clips=8,
                        teacher=replace(self.teacher, steps=3, batch=4, warmup=1),
                        distill=replace(self.distill, steps=2, critic_steps=1, batch=2),
                        classifier=replace(self.classifier, steps=2, batch=4))
