@@ -8,6 +8,7 @@ import hashlib
 import io
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -76,8 +77,8 @@ def test_i2v_root_loads_strictly_and_generates_through_the_serving_pipeline(smok
     buf = io.BytesIO()
     Image.fromarray(first_frames(5000, 1)[0]).save(buf, format="PNG")
     for run_cfg in RUNS.values():
-        out = WanPipeline.from_model_dir(root, run_cfg, "cpu").image_to_video(buf.getvalue(), "a red circle moving left",
-                                                                             seed=3)
+        pipe = WanPipeline.from_model_dir(root, run_cfg, "cpu")
+        out = pipe.image_to_video(buf.getvalue(), "a red circle moving left", seed=3)
         assert out.frames.shape == (data.NUM_FRAMES, data.HEIGHT, data.WIDTH, 3)
 
 
@@ -107,7 +108,7 @@ def test_i2v_lora_has_lightx2v_keys(smoke_outs):
     downs = {k[len("diffusion_model."):-len(".lora_down.weight")] for k in lora if k.endswith(".lora_down.weight")}
     assert ups == downs == {k[:-len(".weight")] for k, v in base.items() if k.endswith(".weight") and v.ndim == 2}
     assert {"blocks.0.cross_attn.k_img", "blocks.0.cross_attn.v_img", "img_emb.proj.1"} <= ups   # the I2V layers
-    assert "diffusion_model.patch_embedding.diff" in lora and lora["diffusion_model.patch_embedding.diff"].shape[1] == 36
+    assert lora["diffusion_model.patch_embedding.diff"].shape[1] == 36      # the 5-D patch embedding: a full delta
     assert any(k.endswith(".diff_b") for k in lora) and any(k.endswith(".diff_m") for k in lora)
     r = lora["diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight"].shape[1]
     assert r == min(32, base["blocks.0.cross_attn.k_img.weight"].shape[0])
@@ -162,3 +163,28 @@ def test_lora_of_an_i2v_dit_reproduces_it_at_full_rank(tmp_path):
     merged = dict(base)
     merge_loras(merged, [LoraSpec(tmp_path / "full.safetensors", 1.0)])
     assert max((merged[k] - tuned[k]).abs().max().item() for k in tuned) < 1e-5
+
+
+def test_i2v_evaluation_prompts_and_scoring_run_on_the_exported_root(smoke_outs):
+    from wan_training.classifier import AttributeClassifier
+    from wan_training.evaluate import METHODS, Generator, i2v_prompts, real_features, score
+
+    prompts = i2v_prompts([100, 101])
+    assert len(prompts) == 2 * len(data.COMBOS) and len({p.image for p in prompts}) == len(prompts)
+    p = prompts[7]
+    clip = data.make_clip(*p.image, combo=(p.colour, p.shape, p.motion))
+    assert clip.caption == p.text and np.array_equal(p.first_frame, data.to_uint8_frames(clip.video)[0])
+    assert p.image[0] != Recipe().data_seed                      # held out: not the training stream
+    root = smoke_outs["a"] / ROOT_NAMES["i2v"]
+    gen = Generator(root, *(TOY / f"wan_i2v_{f}.json" for f in (
+        "distill_4step_toy", "distill_4step_toy_lora", "baseline_50step_cfg_toy")))
+    engines = gen.engines()
+    assert list(engines) == list(METHODS) and gen.is_i2v
+    frames = gen.videos(engines["student 4-step"], prompts[:2])
+    pipe = WanPipeline.from_model_dir(root, RUNS["distill_4step"], "cpu")
+    np.testing.assert_array_equal(frames[0], pipe.image_to_video(prompts[0].image_png(), prompts[0].text,
+                                                                 seed=prompts[0].seed).frames)
+    torch.manual_seed(0)
+    clf = AttributeClassifier().eval()
+    row = score(clf, frames, prompts[:2], real_features(clf, 3000, 8))
+    assert 0 <= row["accuracy"] <= row["colour"] <= 1 and np.isfinite(row["frechet"])

@@ -155,7 +155,7 @@ def run(recipe: Recipe, out: Path, log=print, reuse: bool = False, reuse_student
 
 
 def first_frames(seed: int, count: int) -> list:
-    """uint8 [H, W, 3] first frames of clips 0 .. count-1 of the stream ``seed`` (the clips ``encode_clips`` encoded)."""
+    """uint8 [H, W, 3] first frames of clips 0 .. count-1 of the stream ``seed`` (the clips encode_clips encodes)."""
     return [to_uint8_frames(make_clip(seed, i).video[:, :1])[0] for i in range(count)]
 
 
