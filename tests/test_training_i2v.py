@@ -188,3 +188,39 @@ def test_i2v_evaluation_prompts_and_scoring_run_on_the_exported_root(smoke_outs)
     clf = AttributeClassifier().eval()
     row = score(clf, frames, prompts[:2], real_features(clf, 3000, 8))
     assert 0 <= row["accuracy"] <= row["colour"] <= 1 and np.isfinite(row["frechet"])
+
+
+@pytest.fixture(scope="module")
+def served_toy_i2v(tiny_models, tmp_path_factory):
+    """The trained toy I2V root served by tritonserver (wan_i2v only): frames of the demo's I2V prompts."""
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from demo import TOY_I2V_ROOT, TOY_ROOT, has_toy_root, toy_env, toy_i2v_prompts
+    from triton_server import TritonServer
+    from wan_client import WanClient
+
+    if not has_toy_root(TOY_I2V_ROOT):
+        pytest.skip("trained toy I2V model not in training/models (python -m wan_training.recipe)")
+    env = {**toy_env(TOY_ROOT, tiny_models["i2v"], i2v_root=TOY_I2V_ROOT), "WAN_NUM_THREADS": "1"}
+    log = tmp_path_factory.mktemp("toy_i2v_server") / "server.log"
+    prompts = toy_i2v_prompts(42)[:2]
+    with TritonServer(ROOT / "model_repository", env=env, log_path=log, ready_timeout_s=300,
+                      extra_args=["--model-control-mode=explicit", "--load-model=wan_i2v"]) as srv:
+        with WanClient(srv.grpc_url, timeout_s=300) as client:
+            return TOY_I2V_ROOT, [(p, client.i2v(p.image_png(), p.text, seed=p.seed, return_frames=True).frames)
+                                  for p in prompts]
+
+
+@pytest.mark.server
+def test_served_trained_i2v_demo_is_the_in_process_student_and_follows_colour_and_motion(served_toy_i2v):
+    from wan_training.classifier import predict
+    from wan_training.evaluate import load_classifier
+
+    root, served = served_toy_i2v
+    pipe = WanPipeline.from_model_dir(root, RUNS["distill_4step"], "cpu")
+    classifier = load_classifier(root.parent / "attribute_classifier.safetensors")
+    for prompt, frames in served:
+        np.testing.assert_array_equal(frames, pipe.image_to_video(prompt.image_png(), prompt.text,
+                                                                  seed=prompt.seed).frames)
+        labels, _ = predict(classifier, data.from_uint8_frames(frames)[None])
+        assert (labels[0, 0].item(), labels[0, 2].item()) == (prompt.labels[0], prompt.labels[2]), prompt.text

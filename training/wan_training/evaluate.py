@@ -97,6 +97,7 @@ class Generator:
         self.vae = load_vae_from_dir(self.root, "cpu")
         self.is_i2v = DiTConfig.from_json(self.root / "config.json").is_i2v
         self.conditioner = image_conditioner(self.root) if self.is_i2v else None
+        self._conditions: dict[tuple, dict[str, torch.Tensor]] = {}   # I2V: per (image, geometry), shared by methods
 
     def engines(self) -> dict[str, DenoiseEngine]:
         base: WanDiT = load_dit(self.root, self.runs["baseline"])          # base weights: the teacher
@@ -120,9 +121,12 @@ class Generator:
         def image(p: Prompt) -> dict:
             if not self.is_i2v:
                 return {}
-            cond = self.conditioner(Image.fromarray(p.first_frame), run.target_height * run.target_width,
-                                    run.target_video_length)
-            return {"clip_fea": cond.clip_fea, "y": cond.y}
+            key = (p.image, run.target_height, run.target_width, run.target_video_length)
+            if key not in self._conditions:
+                cond = self.conditioner(Image.fromarray(p.first_frame), run.target_height * run.target_width,
+                                        run.target_video_length)
+                self._conditions[key] = {"clip_fea": cond.clip_fea, "y": cond.y}
+            return self._conditions[key]
 
         jobs = [engine.new_job(contexts[p.text], p.seed, shape, negative_context=negative, **image(p))
                 for p in prompts]
