@@ -3,19 +3,23 @@
 Every method runs through the project's own serving code: weights found and loaded strictly by
 ``wan_distill.loaders`` from the model root and a run config, denoised by ``wan_distill.engine.DenoiseEngine``
 (the sampler of the run config: UniPC + CFG for the baseline, the 4-step distill schedule otherwise), text from
-the root's UMT5, frames from the root's VAE ``decode_to_uint8`` (the served decoder's output).
+the root's UMT5, frames from the root's VAE ``decode_to_uint8`` (the served decoder's output). I2V (an I2V root): a prompt is the first frame of a
+held-out real clip of its (colour, shape, motion) plus the matching caption; the conditioning comes from the serving
+pipeline's ``ImageConditioner`` on the root's CLIP and VAE.
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
-from wan_distill.config import RunConfig
+from wan_distill.config import DiTConfig, RunConfig
 from wan_distill.engine import DenoiseEngine
 from wan_distill.loaders.checkpoint import load_dit
 from wan_distill.loaders.text_encoder import load_text_encoder
@@ -24,9 +28,11 @@ from wan_distill.models.dit import WanDiT
 from wan_distill.pipeline import text_len_of
 
 from .classifier import AttributeClassifier, frechet_distance, predict
-from .data import COMBOS, caption, from_uint8_frames, make_batch
+from .common import image_conditioner
+from .data import COMBOS, caption, from_uint8_frames, make_batch, make_clip, to_uint8_frames
 
 METHODS = ("teacher 50-step CFG", "teacher 4-step (no distillation)", "student 4-step", "base + LoRA 4-step")
+I2V_IMAGE_SEED = 5000      # the stream of held-out clips whose first frames are the I2V prompts (training: 1000)
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,22 @@ class Prompt:
     shape: str
     motion: str
     seed: int
+    image: tuple[int, int] | None = None   # I2V: (stream seed, index) of the held-out clip whose first frame is given
+
+    def real_clip(self) -> np.ndarray:
+        """I2V: uint8 [F, H, W, 3] of the held-out clip (of this prompt's attributes) the image is taken from."""
+        return to_uint8_frames(make_clip(*self.image, combo=(self.colour, self.shape, self.motion)).video)
+
+    @property
+    def first_frame(self) -> np.ndarray:
+        """I2V: the given picture, uint8 [H, W, 3]."""
+        return self.real_clip()[0]
+
+    def image_png(self) -> bytes:
+        """I2V: the given picture as the PNG a client sends."""
+        buf = io.BytesIO()
+        Image.fromarray(self.first_frame).save(buf, format="PNG")
+        return buf.getvalue()
 
     @property
     def text(self) -> str:
@@ -51,6 +73,12 @@ def eval_prompts(seeds: Sequence[int]) -> list[Prompt]:
     return [Prompt(*combo, seed) for seed in seeds for combo in COMBOS]
 
 
+def i2v_prompts(seeds: Sequence[int], image_seed: int = I2V_IMAGE_SEED) -> list[Prompt]:
+    """Every (colour, shape, motion) caption with every seed, each with the first frame of its own held-out clip."""
+    return [Prompt(*combo, seed, image=(image_seed, j * len(COMBOS) + i))
+            for j, seed in enumerate(seeds) for i, combo in enumerate(COMBOS)]
+
+
 def load_classifier(path: Path) -> AttributeClassifier:
     model = AttributeClassifier()
     model.load_state_dict(load_file(str(path)))
@@ -58,7 +86,8 @@ def load_classifier(path: Path) -> AttributeClassifier:
 
 
 class Generator:
-    """The root's text encoder and VAE, shared by every method; ``engines`` builds one engine per method."""
+    """The root's text encoder and VAE (and, for an I2V root, its image conditioner), shared by every method;
+    ``engines`` builds one engine per method."""
 
     def __init__(self, root: Path, distill_config: Path, lora_config: Path, baseline_config: Path):
         self.root = Path(root)
@@ -66,6 +95,9 @@ class Generator:
                      "baseline": RunConfig.from_json(baseline_config)}
         self.text_encoder = load_text_encoder(self.root, "cpu", text_len_of(self.root, self.runs["distill"]))
         self.vae = load_vae_from_dir(self.root, "cpu")
+        self.is_i2v = DiTConfig.from_json(self.root / "config.json").is_i2v
+        self.conditioner = image_conditioner(self.root) if self.is_i2v else None
+        self._conditions: dict[tuple, dict[str, torch.Tensor]] = {}   # I2V: per (image, geometry), shared by methods
 
     def engines(self) -> dict[str, DenoiseEngine]:
         base: WanDiT = load_dit(self.root, self.runs["baseline"])          # base weights: the teacher
@@ -78,13 +110,26 @@ class Generator:
 
     @torch.inference_mode()
     def videos(self, engine: DenoiseEngine, prompts: Sequence[Prompt]) -> list[np.ndarray]:
-        """uint8 frames [F, H, W, 3] per prompt, at the run config's geometry."""
+        """uint8 frames [F, H, W, 3] per prompt, at the run config's geometry (I2V: conditioned on the prompt's
+        first frame)."""
         run = engine.run
         shape = (16, 1 + (run.target_video_length - 1) // 4, run.target_height // 8, run.target_width // 8)
         texts = sorted({p.text for p in prompts})
         contexts = dict(zip(texts, self.text_encoder.encode(texts)))
         negative = self.text_encoder.encode([run.negative_prompt])[0] if run.uses_cfg else None
-        jobs = [engine.new_job(contexts[p.text], p.seed, shape, negative_context=negative) for p in prompts]
+
+        def image(p: Prompt) -> dict:
+            if not self.is_i2v:
+                return {}
+            key = (p.image, run.target_height, run.target_width, run.target_video_length)
+            if key not in self._conditions:
+                cond = self.conditioner(Image.fromarray(p.first_frame), run.target_height * run.target_width,
+                                        run.target_video_length)
+                self._conditions[key] = {"clip_fea": cond.clip_fea, "y": cond.y}
+            return self._conditions[key]
+
+        jobs = [engine.new_job(contexts[p.text], p.seed, shape, negative_context=negative, **image(p))
+                for p in prompts]
         engine.run_until_done(jobs)
         return [self.vae.decode_to_uint8(job.result()).numpy() for job in jobs]
 

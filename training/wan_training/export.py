@@ -6,6 +6,10 @@
     <root>/loras/<LORA_FILE>                             student - teacher as a LightX2V LoRA (SVD, rank r)
     <root>/models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/   frozen tiny UMT5 + tokenizer
     <root>/Wan2.1_VAE.pth                                trained tiny VAE
+    <root>/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth   (I2V) frozen tiny CLIP
+
+Roots: ``Wan2.1-T2V-toy`` and ``Wan2.1-I2V-toy`` (the layout of Wan2.1-T2V-1.3B / Wan2.1-I2V-14B-480P), the task
+taken from the DiT's config.
 
 LoRA keys (LightX2V's extractor format, ``diffusion_model.`` prefix): every 2-D weight -> ``X.lora_up.weight``
 [out, r] + ``X.lora_down.weight`` [r, in] from the truncated SVD of the difference; biases ``X.diff_b``;
@@ -24,13 +28,14 @@ from wan_distill.models.dit import WanDiT
 from wan_distill.models.vae import WanVAE
 from wan_distill.tiny import save_sharded
 
-from .common import write_text_encoder
+from .common import write_image_encoder, write_text_encoder
 
-ROOT_NAME = "Wan2.1-T2V-toy"
+ROOT_NAMES = {"t2v": "Wan2.1-T2V-toy", "i2v": "Wan2.1-I2V-toy"}
+ROOT_NAME = ROOT_NAMES["t2v"]
 
 
-def lora_file(rank: int) -> str:
-    return f"Wan21_T2V_toy_lightx2v_cfg_step_distill_lora_rank{rank}.safetensors"
+def lora_file(rank: int, task: str = "t2v") -> str:
+    return f"Wan21_{task.upper()}_toy_lightx2v_cfg_step_distill_lora_rank{rank}.safetensors"
 
 
 def extract_lora(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], rank: int
@@ -61,9 +66,21 @@ def extract_lora(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], 
     return lora, {"relative_error": (res2 / tot2) ** 0.5 if tot2 else 0.0, "max_layer_error": worst}
 
 
-def write_model_root(root: Path, teacher: WanDiT, student: WanDiT, vae: WanVAE, lora_rank: int) -> dict[str, float]:
-    """Write every file of the model root; returns the LoRA's reconstruction errors."""
+def write_encoders(root: Path, vae: WanVAE, task: str) -> None:
+    """The root's VAE, text encoder and (I2V) image encoder files: what the I2V conditioning is built from."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().clone() for k, v in vae.state_dict().items()}, root / VAE_FILE)
+    write_text_encoder(root)
+    if task == "i2v":
+        write_image_encoder(root)
+
+
+def write_model_root(root: Path, teacher: WanDiT, student: WanDiT, vae: WanVAE, lora_rank: int) -> dict[str, float]:
+    """Write every file of the model root (T2V or I2V, from the DiT's config); returns the LoRA's reconstruction
+    errors."""
+    root = Path(root)
+    task = teacher.cfg.model_type
     (root / "distill_models").mkdir(parents=True, exist_ok=True)
     (root / LORA_DIR).mkdir(exist_ok=True)
     (root / "config.json").write_text(json.dumps(teacher.cfg.to_dict(), indent=2))
@@ -72,7 +89,6 @@ def write_model_root(root: Path, teacher: WanDiT, student: WanDiT, vae: WanVAE, 
     save_sharded(base, root)
     save_file(tuned, str(root / DISTILL_FILES[0]), metadata={"format": "pt"})
     lora, errors = extract_lora(base, tuned, lora_rank)
-    save_file(lora, str(root / LORA_DIR / lora_file(lora_rank)), metadata={"format": "pt"})
-    torch.save({k: v.detach().clone() for k, v in vae.state_dict().items()}, root / VAE_FILE)
-    write_text_encoder(root)
+    save_file(lora, str(root / LORA_DIR / lora_file(lora_rank, task)), metadata={"format": "pt"})
+    write_encoders(root, vae, task)
     return errors
