@@ -17,6 +17,7 @@ ORDER = [  # (file, one-command rerun)
     ("decode_encode.md", ".venv/bin/python bench/decode_encode.py --write"),
     ("x264_settings.md", ".venv/bin/python bench/x264_settings.py --write"),
     ("training.md", "nice -n 15 .venv/bin/python bench/training.py --write"),
+    ("training_i2v.md", "nice -n 15 .venv/bin/python bench/training.py --i2v --write"),
     ("gpu_check_h100.md", "PYTHONPATH=python_backend python3 bench/gpu_check.py on a GPU host (see the block)"),
     ("gpu_check.md", "the same, on an H200"),
     ("gpu_compile_h100.md", "PYTHONPATH=python_backend python3 bench/gpu_compile.py on a GPU host"),

@@ -17,7 +17,9 @@ modulations ``X.diff_m``; every other tensor (norm scales, the 5-D patch embeddi
 """
 from __future__ import annotations
 
+import filecmp
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -70,6 +72,9 @@ def write_encoders(root: Path, vae: WanVAE, task: str) -> None:
     """The root's VAE, text encoder and (I2V) image encoder files: what the I2V conditioning is built from."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    for path in root.rglob("*"):          # a rerun writes real files, never through a link of link_identical_files
+        if path.is_symlink():
+            path.unlink()
     torch.save({k: v.detach().clone() for k, v in vae.state_dict().items()}, root / VAE_FILE)
     write_text_encoder(root)
     if task == "i2v":
@@ -92,3 +97,19 @@ def write_model_root(root: Path, teacher: WanDiT, student: WanDiT, vae: WanVAE, 
     save_file(lora, str(root / LORA_DIR / lora_file(lora_rank, task)), metadata={"format": "pt"})
     write_encoders(root, vae, task)
     return errors
+
+
+def link_identical_files(source: Path, root: Path) -> list[str]:
+    """Replace each file of ``root`` that is byte-identical to the file at the same relative path in ``source`` by a
+    relative symlink to it (the two toy roots share their VAE and text encoder: committed once). Returns the
+    linked relative paths."""
+    source, root = Path(source), Path(root)
+    linked = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        rel = path.relative_to(root)
+        twin = source / rel
+        if twin.is_file() and not twin.is_symlink() and filecmp.cmp(path, twin, shallow=False):
+            path.unlink()
+            path.symlink_to(os.path.relpath(twin, path.parent))
+            linked.append(str(rel))
+    return linked

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .classifier import ClassifierTrainConfig, predict, train_classifier
+from .classifier import AttributeClassifier, ClassifierTrainConfig, predict, train_classifier
 from wan_distill.models.vae import WanVAE
 
 from .common import CaptionBank, ToySpec, condition_on_first_frames, image_conditioner, new_dit, write_text_encoder
 from .data import HEIGHT, NUM_FRAMES, WIDTH, make_batch, make_clip, to_uint8_frames
 from .distill import DistillConfig, distill
-from .export import ROOT_NAME, ROOT_NAMES, write_encoders, write_model_root
+from .export import ROOT_NAME, ROOT_NAMES, link_identical_files, write_encoders, write_model_root
 from .teacher import TeacherTrainConfig, i2v_init, train_teacher
 from .vae import VAETrainConfig, reconstruction_psnr, standardise_latents_, train_vae
 
@@ -128,10 +128,11 @@ def run(recipe: Recipe, out: Path, log=print, reuse: bool = False, reuse_student
     t = time.perf_counter()
     i2v = run_i2v(recipe, out / ROOT_NAMES["i2v"], work, vae, latents, captions, bank, teacher, reuse, reuse_student,
                   log)
+    i2v["linked_to_t2v_root"] = link_identical_files(root, out / ROOT_NAMES["i2v"])
     times["i2v"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    clf = train_classifier(recipe.classifier, log)
+    clf = _cached(work / "classifier.pt", reuse, lambda: train_classifier(recipe.classifier, log), AttributeClassifier)
     real, clips = make_batch(recipe.eval_seed, 0, 120 if recipe.num_latent_clips > 8 else 4)
     pred, _ = predict(clf, real)
     labels = torch.tensor([c.labels for c in clips])
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="a few steps per stage")
     parser.add_argument("--reuse", action="store_true",
                         help="load stages already trained in <out>/stages/ (vae, teacher, student, i2v_teacher, "
-                             "i2v_student) instead of training")
+                             "i2v_student, classifier) instead of training")
     parser.add_argument("--redistill", action="store_true", help="with --reuse: train the students again")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("WAN_NUM_THREADS", "1")))
     args = parser.parse_args(argv)
