@@ -11,11 +11,11 @@ setup:
 tiny: setup
 	@$(PY) -m wan_distill.tiny --out $(DEMO_DIR)
 
-# T2V serves the trained toy model committed in training/models (I2V: the random tiny one); see README "Trained demo".
+# T2V and I2V serve the trained toy models committed in training/models; see README "Trained demo".
 demo: setup tiny
 	@$(PY) scripts/demo.py --checkpoints $(DEMO_DIR) --out outputs
 
-# Retrain the toy models of `make demo` (CPU, ~25 min on 2 shared cores; README "Trained demo").
+# Retrain the toy models of `make demo` (CPU: 80 min measured on the 2 shared cores; README "Trained demo").
 train: setup
 	@OMP_NUM_THREADS=1 nice -n 15 $(PY) -m wan_training.recipe --out training/models
 

@@ -98,7 +98,7 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
 
 def from_uint8_frames(frames: np.ndarray) -> torch.Tensor:
     """uint8 [F, H, W, 3] -> [3, F, H, W] float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(frames)).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
 
 
 def frame_strip(frames: np.ndarray, every: int = 4, scale: int = 3) -> np.ndarray:

@@ -38,7 +38,7 @@ class Recipe:
     vae: VAETrainConfig = VAETrainConfig()
     num_latent_clips: int = 1200
     teacher: TeacherTrainConfig = TeacherTrainConfig()
-    distill: DistillConfig = DistillConfig()
+    distill: DistillConfig = DistillConfig(guidance_scale=2.0)   # shape right: 75.8 % at CFG 2, 70.0 % at 4 (T2V)
     classifier: ClassifierTrainConfig = ClassifierTrainConfig()
     i2v_teacher: TeacherTrainConfig = TeacherTrainConfig(steps=4000, batch=16, lr=3e-4, warmup=50)
     i2v_distill: DistillConfig = DistillConfig(steps=400)
