@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from demo import TOY_ROOT, demo_env, has_toy_root, toy_env  # noqa: E402
+from demo import TOY_I2V_ROOT, TOY_ROOT, demo_env, has_toy_root, toy_env  # noqa: E402
 from triton_server import TritonServer, _die_with_parent, free_port  # noqa: E402
 
 UI_VENV = ROOT / ".venv-ui"
@@ -153,9 +153,10 @@ def main() -> int:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill stops the UI and the server too
 
-    trained = has_toy_root()  # T2V: the trained toy model as in `make demo`; I2V: random tiny weights
+    trained = has_toy_root()  # the trained toy models as in `make demo` (I2V: random tiny weights without its root)
     i2v = args.checkpoints / "Wan2.1-I2V-tiny"
-    env = toy_env(TOY_ROOT, i2v) if trained else demo_env(args.checkpoints / "Wan2.1-T2V-tiny", i2v)
+    i2v_root = TOY_I2V_ROOT if has_toy_root(TOY_I2V_ROOT) else None
+    env = toy_env(TOY_ROOT, i2v, i2v_root=i2v_root) if trained else demo_env(args.checkpoints / "Wan2.1-T2V-tiny", i2v)
     log_dir = ROOT / "outputs" / "ui"
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"ui_demo: starting tritonserver with the demo models (log: {log_dir / 'tritonserver.log'}) ...", flush=True)
